@@ -1,0 +1,129 @@
+"""Command-line entry points (tools/train.py, tools/eval.py): parse, call the library, report errors.
+
+A `VfmError` becomes one line on stderr and exit status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vfm.errors import VfmError
+
+EXIT_USAGE = 2
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate `key=value` overrides (and those after mmengine's `--cfg-options`) from flags."""
+    rest, overrides, in_cfg_options = [], [], False
+    for token in argv:
+        if token == "--cfg-options":
+            in_cfg_options = True
+        elif token.startswith("--"):
+            in_cfg_options = False
+            rest.append(token)
+        elif in_cfg_options or ("=" in token and not token.startswith("-")):
+            overrides.append(token)
+        else:
+            rest.append(token)
+    return rest, overrides
+
+
+def _setup_logging(work_dir: Path | None = None) -> None:
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    if work_dir is not None:
+        file_handler = logging.FileHandler(work_dir / "train.log")
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+
+
+def _run(main: Callable[[argparse.Namespace, list[str]], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    rest, overrides = _split_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    try:
+        return main(args, overrides)
+    except VfmError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from vfm.config import dump_config, load_config, to_yaml
+    from vfm.engine.run_config import RunConfig
+    from vfm.engine.trainer import Trainer, validate_run_config
+
+    cfg = load_config(args.config, overrides, RunConfig)
+    if cfg.work_dir is None:
+        cfg.work_dir = str(Path("work_dirs") / Path(args.config).stem)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    validate_run_config(cfg)
+    work_dir = Path(cfg.work_dir)
+    if not args.dry_run:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, work_dir / "config.yaml")
+    _setup_logging(None if args.dry_run else work_dir)
+    logging.getLogger("vfm.train").info("work dir %s; config %s", work_dir, args.config)
+    result = Trainer(cfg, work_dir).train(dry_run=args.dry_run)
+    if result.get("val"):
+        logging.getLogger("vfm.train").info("final evaluation: %s", json.dumps(result["val"]))
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """`vfm-train CONFIG [key=value ...] [--print-config] [--dry-run] [--debug]`."""
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train from a YAML config. Overrides: key.sub=value, list=[1,2], +new.key=value "
+        "(also after --cfg-options).",
+    )
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--dry-run", action="store_true", help="build everything, run one step and one evaluation, exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for config/data/checkpoint errors")
+    return _run(_train, parser, argv)
+
+
+def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
+    from vfm.config import load_config
+    from vfm.engine.evaluate import evaluate_checkpoint
+    from vfm.engine.run_config import RunConfig
+
+    cfg = load_config(args.config, overrides, RunConfig)
+    _setup_logging()
+    metrics = evaluate_checkpoint(cfg, args.checkpoint, args.weights)
+    width = max([len(k) for k in metrics] + [6])
+    print(f"{'metric':<{width}}  value")
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.4f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """`vfm-eval CONFIG CHECKPOINT [key=value ...]`: evaluate weights on the config's data.val."""
+    parser = argparse.ArgumentParser(prog="eval.py", description="Evaluate a checkpoint on the config's data.val.")
+    parser.add_argument("config", help="YAML config (e.g. the config.yaml a run wrote to its work dir)")
+    parser.add_argument("checkpoint", help=".pt checkpoint or .safetensors weights")
+    parser.add_argument("--weights", choices=["auto", "model", "ema"], default="auto",
+                        help="which weights of a training checkpoint to use (auto: those the run evaluated)")
+    parser.add_argument("--out", help="also write the metrics as JSON to this file")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for config/data/checkpoint errors")
+    return _run(_eval, parser, argv)

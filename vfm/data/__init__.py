@@ -1,0 +1,1 @@
+"""What flows in: datasets, transforms, samplers and loaders."""

@@ -1,0 +1,34 @@
+"""DataLoaders over registered datasets with resumable, seeded sampling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from vfm.data.sampler import ResumableSampler, SeededDataset
+from vfm.errors import DataError
+from vfm.registry import DATASETS
+
+
+def build_loader(node: Any, path: str, data_cfg: Any, seed: int, train: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader for dataset `node`; training loaders shuffle by (seed, epoch) and drop the last batch."""
+    try:
+        dataset = DATASETS.build(node, path)
+    except DataError as error:
+        raise DataError(f"{path}.{error}") from error
+    if len(dataset) == 0:
+        raise DataError(f"{path}: dataset is empty")
+    sampler = ResumableSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    return DataLoader(
+        SeededDataset(dataset, seed),
+        batch_size=data_cfg.batch_size if train else (data_cfg.val_batch_size or data_cfg.batch_size),
+        sampler=sampler,
+        num_workers=data_cfg.num_workers,
+        pin_memory=data_cfg.pin_memory,
+        drop_last=train,
+        # A private generator keeps worker seeding from consuming the global RNG, which would
+        # otherwise shift dropout masks after a resume.
+        generator=torch.Generator().manual_seed(seed),
+    )

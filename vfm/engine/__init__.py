@@ -1,0 +1,1 @@
+"""How to train: the Trainer, its checkpoints, optimizers, schedulers, hooks and logging."""

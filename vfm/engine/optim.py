@@ -1,0 +1,114 @@
+"""Optimizers with parameter groups: no decay for norms/biases/`no_weight_decay()`, lr multipliers, layer decay."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from vfm.errors import ConfigError
+from vfm.registry import OPTIMIZERS
+
+logger = logging.getLogger(__name__)
+
+
+def _no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names every submodule's `no_weight_decay()` reports, prefixed with the submodule's path."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
+            names |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
+    return names
+
+
+def _layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Layer id per parameter name from the backbone's timm `group_matcher` (deeper = larger)."""
+    from timm.models import group_parameters
+
+    for prefix, module in model.named_modules():
+        if hasattr(module, "group_matcher") and callable(module.group_matcher):
+            groups = group_parameters(module, module.group_matcher(coarse=False))
+            layer_of = {f"{prefix}.{n}" if prefix else n: layer for layer, names in groups.items() for n in names}
+            return layer_of, max(groups) if groups else 0
+    raise ConfigError("optim.layer_decay: the model has no submodule with a timm-style group_matcher()")
+
+
+def build_param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    lr_mult: Mapping[str, float] | None = None,
+    layer_decay: float | None = None,
+    no_weight_decay: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Group trainable parameters by (weight decay, lr scale).
+
+    - weight decay 0 for 1-d parameters (norms, biases), names a module's `no_weight_decay()` lists,
+      and names matching the `no_weight_decay` patterns;
+    - `lr_mult` maps fnmatch patterns to lr multipliers (the first matching pattern wins);
+    - `layer_decay` scales each backbone layer's lr by decay ** (top layer - layer), timm-style.
+    """
+    skip = _no_weight_decay_names(model)
+    patterns = list(no_weight_decay or [])
+    layer_of, top_layer = _layer_ids(model) if layer_decay is not None else ({}, 0)
+    unused = set(lr_mult or {})
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = 0.0 if (param.ndim <= 1 or name in skip or any(fnmatch.fnmatch(name, p) for p in patterns)) else weight_decay
+        scale = 1.0
+        for pattern, mult in (lr_mult or {}).items():
+            if fnmatch.fnmatch(name, pattern):
+                scale = float(mult)
+                unused.discard(pattern)
+                break
+        if layer_decay is not None:
+            scale *= layer_decay ** (top_layer - layer_of.get(name, top_layer))
+        group = groups.setdefault(
+            (decay, scale), {"params": [], "param_names": [], "weight_decay": decay, "lr": lr * scale, "lr_scale": scale}
+        )
+        group["params"].append(param)
+        group["param_names"].append(name)
+    if unused:
+        raise ConfigError(f"optim.lr_mult: pattern(s) {sorted(unused)} match no trainable parameter")
+    if not groups:
+        raise ConfigError("optim: the model has no trainable parameters")
+    return list(groups.values())
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.05,
+    betas: list[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    lr_mult: dict | None = None,
+    layer_decay: float | None = None,
+    no_weight_decay: list[str] | None = None,
+    fused: bool | None = None,
+) -> torch.optim.Optimizer:
+    """torch.optim.AdamW over vfm's parameter groups."""
+    groups = build_param_groups(model, lr, weight_decay, lr_mult, layer_decay, no_weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(
+    model: nn.Module,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    nesterov: bool = False,
+    lr_mult: dict | None = None,
+    layer_decay: float | None = None,
+    no_weight_decay: list[str] | None = None,
+) -> torch.optim.Optimizer:
+    """torch.optim.SGD over vfm's parameter groups."""
+    groups = build_param_groups(model, lr, weight_decay, lr_mult, layer_decay, no_weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)

@@ -1,0 +1,128 @@
+"""The typed schema of a training run's config; each field is documented where it is declared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+# OmegaConf reads these dataclasses, so they use typing's Optional/List/Dict spellings it understands.
+from typing import Dict, List  # noqa: UP035
+
+
+@dataclass
+class DataConfig:
+    """Datasets and loaders."""
+
+    train: Dict[str, Any] = MISSING  # noqa: UP006
+    """Training dataset node (`type` from the datasets registry)."""
+    val: Optional[Dict[str, Any]] = None  # noqa: UP006
+    """Held-out dataset node for evaluation; null disables evaluation."""
+    batch_size: int = 32
+    """Samples per process per micro-batch."""
+    val_batch_size: Optional[int] = None
+    """Evaluation batch size (default: batch_size)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    pin_memory: bool = False
+    """Pin host memory (useful on GPUs)."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    max_steps: Optional[int] = None
+    """Optimizer steps to run; exactly one of max_steps and max_epochs is set."""
+    max_epochs: Optional[int] = None
+    """Epochs to run (converted to steps: epochs x steps per epoch)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    clip_grad_norm: Optional[float] = None
+    """Clip the global gradient norm to this value; null disables clipping."""
+    precision: str = "fp32"
+    """fp32, bf16 (autocast) or fp16 (autocast with a gradient scaler)."""
+    device: str = "auto"
+    """cuda when available else cpu, or an explicit torch device string."""
+    nonfinite: str = "stop"
+    """On a NaN/inf loss: stop (error naming the step) or skip (drop the step, keep going)."""
+    max_skipped_steps: int = 10
+    """With nonfinite=skip: stop after this many consecutive skipped steps."""
+    log_interval: int = 10
+    """Steps between console/metrics.jsonl/TensorBoard lines."""
+    progress_bar: str = "auto"
+    """auto (when stdout is a terminal), always or never."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to work_dir/tensorboard."""
+
+
+@dataclass
+class EmaConfig:
+    """Exponential moving average of the weights (timm's ModelEmaV3)."""
+
+    enabled: bool = False
+    """Keep an EMA copy of the weights."""
+    decay: float = 0.9998
+    """EMA decay per optimizer step."""
+    warmup: bool = False
+    """Ramp the decay up during early steps (timm's warmup)."""
+    eval_with_ema: bool = True
+    """Evaluate and export the EMA weights instead of the raw ones."""
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation and best-checkpoint selection."""
+
+    interval: int = 0
+    """Steps between evaluations; 0 evaluates only at the end."""
+    metric: Optional[str] = None
+    """Metric name that selects best.pt (e.g. accuracy); null disables best.pt."""
+    mode: str = "max"
+    """max or min: which direction of `metric` is better."""
+    evaluators: List[Dict[str, Any]] = field(default_factory=list)  # noqa: UP006
+    """Evaluator nodes (`type` from the evaluators registry)."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoint writing."""
+
+    interval: int = 0
+    """Steps between checkpoints; 0 writes one only at the end."""
+    keep_last: int = 3
+    """Step checkpoints kept on disk (best.pt is kept apart)."""
+    export_safetensors: bool = True
+    """Export final weights as work_dir/model.safetensors."""
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    objective: Dict[str, Any] = MISSING  # noqa: UP006
+    """Objective node (`type` from the objectives registry); it builds its backbone and heads."""
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: Dict[str, Any] = MISSING  # noqa: UP006
+    """Optimizer node (`type` from the optimizers registry) with parameter-group settings."""
+    scheduler: Optional[Dict[str, Any]] = None  # noqa: UP006
+    """Scheduler node (`type` from the schedulers registry); null keeps the lr constant."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    hooks: List[Dict[str, Any]] = field(default_factory=list)  # noqa: UP006
+    """Hook nodes (`type` from the hooks registry)."""
+    work_dir: Optional[str] = None
+    """Output folder; default work_dirs/<config file name>."""
+    seed: int = 0
+    """Seed for every RNG (per-rank offsets are added by the distributed launcher)."""
+    deterministic: bool = False
+    """Use deterministic algorithms only (slower; errors on ops without one)."""
+    resume: Optional[str] = None
+    """auto (newest valid checkpoint in work_dir, if any), a checkpoint path, or null."""
+    load_from: Optional[str] = None
+    """Weights-only initialisation from a .pt or .safetensors file (missing/unexpected keys reported)."""
+    custom_imports: List[str] = field(default_factory=list)  # noqa: UP006
+    """Modules imported before building, so third-party code can register components."""

@@ -1,0 +1,74 @@
+"""Learning-rate schedules per optimizer step: linear warmup, then cosine, step or constant."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from vfm.errors import ConfigError
+from vfm.registry import SCHEDULERS
+
+
+class WarmupSchedule:
+    """lr factor at `step`: linear warmup from `warmup_start_factor` to 1, then `decay(step)`.
+
+    A plain object (not a lambda), so LambdaLR's state dict saves and restores it.
+    """
+
+    def __init__(self, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 0.001) -> None:
+        if warmup_steps < 0 or (total_steps > 0 and warmup_steps > total_steps):
+            raise ConfigError(f"scheduler.warmup_steps: {warmup_steps} must be in [0, total steps = {total_steps}]")
+        self.total_steps, self.warmup_steps, self.warmup_start_factor = total_steps, warmup_steps, warmup_start_factor
+
+    def decay(self, step: int) -> float:
+        """Factor after warmup."""
+        return 1.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.warmup_start_factor + (1.0 - self.warmup_start_factor) * step / self.warmup_steps
+        return self.decay(step)
+
+
+class CosineSchedule(WarmupSchedule):
+    """Half-cosine from 1 to `min_lr_ratio` between the end of warmup and `total_steps`."""
+
+    def __init__(self, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 0.001, min_lr_ratio: float = 0.0) -> None:
+        super().__init__(total_steps, warmup_steps, warmup_start_factor)
+        self.min_lr_ratio = min_lr_ratio
+
+    def decay(self, step: int) -> float:
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class StepSchedule(WarmupSchedule):
+    """Multiply by `gamma` at each of `milestones` (optimizer steps)."""
+
+    def __init__(self, total_steps: int, milestones: list[int], gamma: float = 0.1, warmup_steps: int = 0, warmup_start_factor: float = 0.001) -> None:
+        super().__init__(total_steps, warmup_steps, warmup_start_factor)
+        self.milestones, self.gamma = sorted(milestones), gamma
+
+    def decay(self, step: int) -> float:
+        return self.gamma ** sum(step >= m for m in self.milestones)
+
+
+@SCHEDULERS.register("cosine")
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 0.001, min_lr_ratio: float = 0.0) -> LambdaLR:
+    """Linear warmup then cosine decay to `min_lr_ratio` x lr."""
+    return LambdaLR(optimizer, CosineSchedule(total_steps, warmup_steps, warmup_start_factor, min_lr_ratio))
+
+
+@SCHEDULERS.register("step")
+def step(optimizer: torch.optim.Optimizer, total_steps: int, milestones: list[int], gamma: float = 0.1, warmup_steps: int = 0, warmup_start_factor: float = 0.001) -> LambdaLR:
+    """Linear warmup then step decay at `milestones`."""
+    return LambdaLR(optimizer, StepSchedule(total_steps, milestones, gamma, warmup_steps, warmup_start_factor))
+
+
+@SCHEDULERS.register("constant")
+def constant(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 0.001) -> LambdaLR:
+    """Linear warmup then a constant lr."""
+    return LambdaLR(optimizer, WarmupSchedule(total_steps, warmup_steps, warmup_start_factor))

@@ -1,0 +1,1 @@
+"""How results are judged: evaluators that accumulate predictions and compute metrics."""

@@ -1,0 +1,1 @@
+"""Backbones: timm models by name, plus vfm's own (registered in BACKBONES)."""

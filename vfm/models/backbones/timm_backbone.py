@@ -1,0 +1,73 @@
+"""Any timm model as a backbone, with weights from a local file only (never from a hub)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from vfm.engine.checkpoint import load_state_dict_file
+from vfm.errors import CheckpointError, ConfigError
+from vfm.registry import BACKBONES, close_matches
+
+logger = logging.getLogger(__name__)
+
+
+@BACKBONES.register("timm")
+def timm_backbone(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    """Create timm model `name` (timm's own surface: forward_features, forward_intermediates, ...).
+
+    `pretrained` is a local .pth/.pt/.safetensors file; it is passed through the model family's
+    `checkpoint_filter_fn`, which remaps foreign layouts and resizes position embeddings.
+    """
+    if not timm.is_model(name):
+        raise ConfigError(f"backbone name {name!r} is not a timm model{close_matches(name, timm.list_models())}")
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as error:
+        raise ConfigError(f"timm model {name!r} rejected its arguments {sorted(kwargs)}: {error}") from error
+    if pretrained:
+        load_timm_weights(model, pretrained)
+    return model
+
+
+def load_timm_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Load a local checkpoint into a timm model; returns (missing, unexpected) keys and logs them."""
+    state_dict = load_state_dict_file(path)
+    for key in ("model", "state_dict", "module"):  # common wrappers around the weights
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+            break
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state_dict = filter_fn(state_dict, model)
+        except Exception as error:  # noqa: BLE001 - a filter fails on layouts it does not know
+            raise CheckpointError(f"{path}: timm's checkpoint filter for {type(model).__name__} failed: {error}") from error
+    own = model.state_dict()
+    # Heads sized for another number of classes are dropped so the backbone still loads.
+    mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    for key in mismatched:
+        logger.warning("%s: skipping %s: shape %s in file, %s in model", path, key, tuple(state_dict[key].shape), tuple(own[key].shape))
+        del state_dict[key]
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys:
+        logger.warning("%s: %d missing keys: %s", path, len(result.missing_keys), ", ".join(result.missing_keys[:10]))
+    if result.unexpected_keys:
+        logger.warning("%s: %d unexpected keys: %s", path, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:10]))
+    if not any(k in own for k in state_dict):
+        raise CheckpointError(f"{path}: no key of the file matches the model {type(model).__name__}")
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["timm_backbone", "load_timm_weights", "count_parameters", "torch"]

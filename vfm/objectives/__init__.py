@@ -1,0 +1,1 @@
+"""What is optimised: one module per objective, each registered in OBJECTIVES."""
