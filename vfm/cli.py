@@ -17,19 +17,20 @@ from vfm.errors import VfmError
 EXIT_USAGE = 2
 
 
-def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate `key=value` overrides (and those after mmengine's `--cfg-options`) from flags."""
-    rest, overrides, in_cfg_options = [], [], False
+def _split_overrides(argv: Sequence[str], positionals: int) -> tuple[list[str], list[str]]:
+    """Separate overrides (every bare word after the positionals, and all after `--cfg-options`) from flags."""
+    rest, overrides, in_cfg_options, seen = [], [], False, 0
     for token in argv:
-        if token == "--cfg-options":
+        if token == "--cfg-options":  # mmengine's spelling
             in_cfg_options = True
-        elif token.startswith("--"):
+        elif token.startswith("-"):
             in_cfg_options = False
             rest.append(token)
-        elif in_cfg_options or ("=" in token and not token.startswith("-")):
+        elif in_cfg_options or seen >= positionals:
             overrides.append(token)
         else:
             rest.append(token)
+            seen += 1
     return rest, overrides
 
 
@@ -47,8 +48,10 @@ def _setup_logging(work_dir: Path | None = None) -> None:
         root.addHandler(file_handler)
 
 
-def _run(main: Callable[[argparse.Namespace, list[str]], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    rest, overrides = _split_overrides(sys.argv[1:] if argv is None else argv)
+def _run(
+    main: Callable[[argparse.Namespace, list[str]], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None, positionals: int
+) -> int:
+    rest, overrides = _split_overrides(sys.argv[1:] if argv is None else argv, positionals)
     args = parser.parse_args(rest)
     try:
         return main(args, overrides)
@@ -97,7 +100,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--dry-run", action="store_true", help="build everything, run one step and one evaluation, exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for config/data/checkpoint errors")
-    return _run(_train, parser, argv)
+    return _run(_train, parser, argv, positionals=1)
 
 
 def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -126,4 +129,4 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                         help="which weights of a training checkpoint to use (auto: those the run evaluated)")
     parser.add_argument("--out", help="also write the metrics as JSON to this file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for config/data/checkpoint errors")
-    return _run(_eval, parser, argv)
+    return _run(_eval, parser, argv, positionals=2)

@@ -60,6 +60,7 @@ class Registry:
     def __init__(self, name: str) -> None:
         self.name = name
         self._builders: dict[str, Callable[..., Any]] = {}
+        self._checks: dict[str, Callable[[dict[str, Any], str], None]] = {}
 
     def __repr__(self) -> str:
         return f"Registry({self.name!r}, {len(self._builders)} entries)"
@@ -68,8 +69,14 @@ class Registry:
         _load_builtins()
         return name in self._builders
 
-    def register(self, name: str | None = None, *, force: bool = False) -> Callable[[T], T]:
-        """Decorator that registers a builder under `name` (default: its ``__name__``)."""
+    def register(
+        self, name: str | None = None, *, force: bool = False, check: Callable[[dict[str, Any], str], None] | None = None
+    ) -> Callable[[T], T]:
+        """Decorator that registers a builder under `name` (default: its ``__name__``).
+
+        `check(kwargs, path)` validates what the signature cannot (e.g. arguments passed on through
+        ``**kwargs``); it runs with the other checks, before any work starts.
+        """
 
         def decorator(builder: T) -> T:
             key = name or builder.__name__
@@ -80,6 +87,8 @@ class Registry:
                     " pass force=True to replace it"
                 )
             self._builders[key] = builder
+            if check is not None:
+                self._checks[key] = check
             return builder
 
         return decorator
@@ -107,7 +116,10 @@ class Registry:
         if "type" not in node:
             raise ConfigError(f"{path}: missing 'type' key; registered {self.name}: {', '.join(self.list())}")
         builder = self.get(node["type"], f"{path}.type")
-        _check_arguments(builder, {k: v for k, v in node.items() if k != "type"}, path, set(provided), self.name)
+        kwargs = {k: v for k, v in node.items() if k != "type"}
+        _check_arguments(builder, kwargs, path, set(provided), f"{self.name} type {node['type']!r}")
+        if node["type"] in self._checks:
+            self._checks[node["type"]](kwargs, path)
 
     def build(self, node: Any, path: str = "", **extra: Any) -> Any:
         """Validate `node` and call its builder with the node's keys plus `extra`."""
@@ -129,7 +141,7 @@ def _signature(builder: Callable[..., Any]) -> tuple[inspect.Signature, dict[str
 
 
 def _check_arguments(
-    builder: Callable[..., Any], kwargs: Mapping[str, Any], path: str, provided: set[str], kind: str
+    builder: Callable[..., Any], kwargs: Mapping[str, Any], path: str, provided: set[str], what: str
 ) -> None:
     signature, hints = _signature(builder)
     params = signature.parameters
@@ -140,7 +152,7 @@ def _check_arguments(
             if accepts_any:
                 continue
             raise RegistryError(
-                f"{path}.{key}: unknown argument {key!r} for {kind} type {getattr(builder, '__name__', builder)!r}"
+                f"{path}.{key}: unknown argument {key!r} for {what}"
                 f"{close_matches(key, named)}; accepted: {', '.join(named)}"
             )
         if key in hints:
@@ -149,7 +161,7 @@ def _check_arguments(
         if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL) or param.default is not inspect.Parameter.empty:
             continue
         if name not in kwargs and name not in provided:
-            raise RegistryError(f"{path}: missing required argument {name!r} for {kind} type {builder.__name__!r}")
+            raise RegistryError(f"{path}: missing required argument {name!r} for {what}")
 
 
 def _check_value(value: Any, hint: Any, path: str) -> None:

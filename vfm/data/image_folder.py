@@ -15,7 +15,13 @@ from vfm.errors import DataError
 from vfm.registry import DATASETS
 
 
-@DATASETS.register("image_folder")
+def _check_root(kwargs: dict[str, Any], path: str) -> None:
+    root = kwargs.get("root")
+    if not isinstance(root, str) or not Path(root).is_dir():
+        raise DataError(f"{path}.root: dataset path {root!r} does not exist or is not a folder")
+
+
+@DATASETS.register("image_folder", check=_check_root)
 class ImageFolderDataset(Dataset):
     """root/<class>/<image>; yields {"image": float tensor in [0, 1] after transforms, "label": int}."""
 

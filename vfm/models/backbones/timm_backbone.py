@@ -18,7 +18,24 @@ from vfm.registry import BACKBONES, close_matches
 logger = logging.getLogger(__name__)
 
 
-@BACKBONES.register("timm")
+def _check_timm_node(kwargs: dict[str, Any], path: str) -> None:
+    """Check the model name and its arguments by building it on the meta device (no memory, no weights)."""
+    name = kwargs.get("name")
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise ConfigError(f"{path}.name: {name!r} is not a timm model{close_matches(str(name), timm.list_models())}")
+    model_kwargs = {k: v for k, v in kwargs.items() if k not in ("name", "pretrained")}
+    model_kwargs.setdefault("num_classes", 0)
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, pretrained=False, **model_kwargs)
+    except TypeError as error:
+        raise ConfigError(f"{path}: timm model {name!r} rejected its arguments: {error}") from error
+    pretrained = kwargs.get("pretrained")
+    if pretrained and not Path(pretrained).is_file():
+        raise ConfigError(f"{path}.pretrained: weights file {pretrained!r} not found (weights load from local files only)")
+
+
+@BACKBONES.register("timm", check=_check_timm_node)
 def timm_backbone(name: str, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
     """Create timm model `name` (timm's own surface: forward_features, forward_intermediates, ...).
 
@@ -65,9 +82,3 @@ def load_timm_weights(model: nn.Module, path: str | Path) -> tuple[list[str], li
     return list(result.missing_keys), list(result.unexpected_keys)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-__all__ = ["timm_backbone", "load_timm_weights", "count_parameters", "torch"]
