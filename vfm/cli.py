@@ -17,23 +17,6 @@ from vfm.errors import VfmError
 EXIT_USAGE = 2
 
 
-def _split_overrides(argv: Sequence[str], positionals: int) -> tuple[list[str], list[str]]:
-    """Separate overrides (every bare word after the positionals, and all after `--cfg-options`) from flags."""
-    rest, overrides, in_cfg_options, seen = [], [], False, 0
-    for token in argv:
-        if token == "--cfg-options":  # mmengine's spelling
-            in_cfg_options = True
-        elif token.startswith("-"):
-            in_cfg_options = False
-            rest.append(token)
-        elif in_cfg_options or seen >= positionals:
-            overrides.append(token)
-        else:
-            rest.append(token)
-            seen += 1
-    return rest, overrides
-
-
 def _setup_logging(work_dir: Path | None = None) -> None:
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
@@ -48,13 +31,13 @@ def _setup_logging(work_dir: Path | None = None) -> None:
         root.addHandler(file_handler)
 
 
-def _run(
-    main: Callable[[argparse.Namespace, list[str]], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None, positionals: int
-) -> int:
-    rest, overrides = _split_overrides(sys.argv[1:] if argv is None else argv, positionals)
-    args = parser.parse_args(rest)
+def _run(main: Callable[[argparse.Namespace, list[str]], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides: a.b=1, a.list=[1,2], +a.new=1")
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="key=value", help="more overrides (mmengine's spelling)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for config/data/checkpoint errors")
+    args = parser.parse_intermixed_args(argv)
     try:
-        return main(args, overrides)
+        return main(args, [*args.overrides, *args.cfg_options])
     except VfmError as error:
         if args.debug:
             raise
@@ -99,8 +82,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("config", help="YAML config file")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--dry-run", action="store_true", help="build everything, run one step and one evaluation, exit")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for config/data/checkpoint errors")
-    return _run(_train, parser, argv, positionals=1)
+    return _run(_train, parser, argv)
 
 
 def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -128,5 +110,4 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", choices=["auto", "model", "ema"], default="auto",
                         help="which weights of a training checkpoint to use (auto: those the run evaluated)")
     parser.add_argument("--out", help="also write the metrics as JSON to this file")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for config/data/checkpoint errors")
-    return _run(_eval, parser, argv, positionals=2)
+    return _run(_eval, parser, argv)

@@ -1,0 +1,60 @@
+"""Components the end-to-end tests load through `custom_imports` (this also tests the plug-in path)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import torch
+
+from vfm.engine import checkpoint as checkpoint_module
+from vfm.engine.hooks import Hook
+from vfm.objectives.classification import Classification
+from vfm.registry import HOOKS, OBJECTIVES
+
+
+@HOOKS.register("test_kill_at_step")
+class KillAtStep(Hook):
+    """SIGKILL the training process right after optimizer step `step` (no cleanup, like an OOM kill)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def after_step(self, trainer: Any, outputs: dict[str, Any]) -> None:
+        if trainer.step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@HOOKS.register("test_kill_during_checkpoint")
+class KillDuringCheckpoint(Hook):
+    """From step `step` on, the next torch.save writes half a file and then the process is SIGKILLed."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def before_step(self, trainer: Any) -> None:
+        if trainer.step + 1 == self.step:
+
+            def half_write_then_die(obj: Any, file: Any) -> None:
+                file.write(b"PK\x03\x04 partial checkpoint bytes")
+                file.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            checkpoint_module.torch.save = half_write_then_die  # the module's view of torch.save
+
+
+@OBJECTIVES.register("test_nan_classification")
+class NanClassification(Classification):
+    """Classification whose training loss is NaN on the listed forward calls (1-based)."""
+
+    def __init__(self, nan_calls: list[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.nan_calls, self.calls = set(nan_calls), 0
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        outputs = super().forward(batch)
+        self.calls += 1
+        if self.calls in self.nan_calls:
+            outputs["loss"] = outputs["loss"] * float("nan")
+        return outputs
