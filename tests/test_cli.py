@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import REPO, run_tool
 
 QUICKSTART = REPO / "configs" / "quickstart.yaml"

@@ -125,7 +125,8 @@ def _key_exists(cfg: DictConfig, key: str) -> bool:
     """Whether the dotted `key` (list items by index) exists in `cfg`."""
     node: Any = cfg
     for part in key.split("."):
-        if isinstance(node, DictConfig) and not node._is_none() and part in node:
+        # `part in node` is False for a key whose value is `???`, which can still be overridden; ask keys().
+        if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing() and part in node.keys():
             node = node._get_node(part)
         elif isinstance(node, ListConfig) and not node._is_none() and part.isdigit() and int(part) < len(node):
             node = node._get_node(int(part))
@@ -175,7 +176,10 @@ def load_config(
         raise ConfigError(f"{path}: {_describe_merge_error(error, cfg if schema else None)}") from error
     assert isinstance(cfg, DictConfig)
     apply_overrides(cfg, overrides)
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:  # missing_keys reads every value, so a broken interpolation fails here first
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{path}: interpolation failed: {_one_line(error)}") from error
     if missing:
         raise ConfigError(f"{path}: mandatory keys without a value: {', '.join(missing)} (set them or override them)")
     try:

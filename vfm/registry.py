@@ -231,8 +231,17 @@ def _fits(value: Any, hint: Any, path: str) -> bool:
 
 
 def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Literal:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin is typing.Union or (origin is not None and origin.__name__ == "UnionType"):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if origin is typing.Annotated:
+        return _describe(typing.get_args(hint)[0])
+    if hint is type(None):
+        return "null"
+    if origin is not None:  # list[int], dict[str, float]: keep the item types
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

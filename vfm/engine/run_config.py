@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
-
-from omegaconf import MISSING
 
 # OmegaConf reads these dataclasses, so they use typing's Optional/List/Dict spellings it understands.
-from typing import Dict, List  # noqa: UP035
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
 
 
 @dataclass
 class DataConfig:
     """Datasets and loaders."""
 
-    train: Dict[str, Any] = MISSING  # noqa: UP006
+    train: Dict[str, Any] = MISSING
     """Training dataset node (`type` from the datasets registry)."""
-    val: Optional[Dict[str, Any]] = None  # noqa: UP006
+    val: Optional[Dict[str, Any]] = None
     """Held-out dataset node for evaluation; null disables evaluation."""
     batch_size: int = 32
     """Samples per process per micro-batch."""
@@ -81,7 +80,7 @@ class EvalConfig:
     """Metric name that selects best.pt (e.g. accuracy); null disables best.pt."""
     mode: str = "max"
     """max or min: which direction of `metric` is better."""
-    evaluators: List[Dict[str, Any]] = field(default_factory=list)  # noqa: UP006
+    evaluators: List[Dict[str, Any]] = field(default_factory=list)
     """Evaluator nodes (`type` from the evaluators registry)."""
 
 
@@ -101,18 +100,18 @@ class CheckpointConfig:
 class RunConfig:
     """A whole training run."""
 
-    objective: Dict[str, Any] = MISSING  # noqa: UP006
+    objective: Dict[str, Any] = MISSING
     """Objective node (`type` from the objectives registry); it builds its backbone and heads."""
     data: DataConfig = field(default_factory=DataConfig)
-    optim: Dict[str, Any] = MISSING  # noqa: UP006
+    optim: Dict[str, Any] = MISSING
     """Optimizer node (`type` from the optimizers registry) with parameter-group settings."""
-    scheduler: Optional[Dict[str, Any]] = None  # noqa: UP006
+    scheduler: Optional[Dict[str, Any]] = None
     """Scheduler node (`type` from the schedulers registry); null keeps the lr constant."""
     train: TrainConfig = field(default_factory=TrainConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    hooks: List[Dict[str, Any]] = field(default_factory=list)  # noqa: UP006
+    hooks: List[Dict[str, Any]] = field(default_factory=list)
     """Hook nodes (`type` from the hooks registry)."""
     work_dir: Optional[str] = None
     """Output folder; default work_dirs/<config file name>."""
@@ -124,5 +123,5 @@ class RunConfig:
     """auto (newest valid checkpoint in work_dir, if any), a checkpoint path, or null."""
     load_from: Optional[str] = None
     """Weights-only initialisation from a .pt or .safetensors file (missing/unexpected keys reported)."""
-    custom_imports: List[str] = field(default_factory=list)  # noqa: UP006
+    custom_imports: List[str] = field(default_factory=list)
     """Modules imported before building, so third-party code can register components."""

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
 
 from vfm.data.loader import build_loader
 from vfm.data.sampler import ResumableSampler
