@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(REPO / "tests" / "plugins"))  # so in-process runs can import the test plug-ins
 
 
 def run_tool(tool: str, *args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:

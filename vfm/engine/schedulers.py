@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -9,6 +10,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from vfm.errors import ConfigError
 from vfm.registry import SCHEDULERS
+
+logger = logging.getLogger(__name__)
 
 
 class WarmupSchedule:
@@ -18,8 +21,10 @@ class WarmupSchedule:
     """
 
     def __init__(self, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 0.001) -> None:
-        if warmup_steps < 0 or (total_steps > 0 and warmup_steps > total_steps):
-            raise ConfigError(f"scheduler.warmup_steps: {warmup_steps} must be in [0, total steps = {total_steps}]")
+        if warmup_steps < 0:
+            raise ConfigError(f"scheduler.warmup_steps: got {warmup_steps}, expected >= 0")
+        if warmup_steps > total_steps:  # short trial runs of a long recipe: warn, don't refuse
+            logger.warning("scheduler.warmup_steps=%d exceeds the run's %d steps; warmup will not finish", warmup_steps, total_steps)
         self.total_steps, self.warmup_steps, self.warmup_start_factor = total_steps, warmup_steps, warmup_start_factor
 
     def decay(self, step: int) -> float:

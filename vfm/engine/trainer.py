@@ -277,6 +277,8 @@ class Trainer:
         """Run until `max_steps` (or one step with `dry_run`); returns the last logs and metrics."""
         self.resume()
         cfg = self.cfg
+        if self.is_main and not dry_run:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
         metrics_log = MetricsLogger(self.work_dir, self.is_main and not dry_run, cfg.train.tensorboard,
                                     cfg.train.progress_bar, self.max_steps, self.step)
         for hook in self.hooks:
