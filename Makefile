@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt setup.py
+$(VENV)/.installed: pyproject.toml constraints.txt $(wildcard setup.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
