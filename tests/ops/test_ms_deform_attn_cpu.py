@@ -6,6 +6,7 @@ on the same (rounded) inputs.
 """
 
 import os
+import random
 
 import pytest
 import torch
@@ -99,6 +100,26 @@ def test_backward_matches_reference(case, dtype, atol):
         # location gradients scale with H and W, so compare them relative to their size
         scale = expected.abs().max().clamp(min=1.0)
         torch.testing.assert_close(actual.double() / scale, expected / scale, atol=atol, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_shapes_match_reference_in_float64(seed):
+    rng = random.Random(seed)
+    levels = rng.randint(1, 4)
+    level_shapes = [(rng.randint(1, 9), rng.randint(1, 9)) for _ in range(levels - 1)] + [(1, 1)]
+    rng.shuffle(level_shapes)
+    batch, heads, channels = rng.randint(1, 3), rng.randint(1, 4), rng.randint(1, 40)
+    queries, points = rng.randint(1, 20), rng.randint(1, 4)
+    inputs = random_inputs(level_shapes, batch, heads, channels, queries, points, far_fraction=0.2, seed=seed)
+    grad_output = torch.randn(batch, queries, heads * channels, dtype=torch.float64)
+    results = []
+    for fn in (_cpu, multi_scale_deformable_attn_reference):
+        leaves = [t.clone().requires_grad_(True) if t.is_floating_point() else t for t in inputs]
+        output = fn(*leaves)
+        output.backward(grad_output)
+        results.append([output] + [leaves[i].grad for i in (0, 3, 4)])
+    for name, actual, expected in zip(("output", "value", "locations", "weights"), *results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-10, msg=f"{name} for {level_shapes}")
 
 
 @pytest.mark.parametrize("channels", [30, 32, 64, 71, 1025])

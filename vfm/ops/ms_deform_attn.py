@@ -44,7 +44,7 @@ def native_extension(kind: str) -> ModuleType:
             _extensions[kind] = error
     loaded = _extensions[kind]
     if isinstance(loaded, RuntimeError):
-        raise loaded
+        raise RuntimeError(str(loaded))  # a fresh exception: re-raising the cached one would grow its traceback
     return loaded
 
 
