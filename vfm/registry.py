@@ -249,10 +249,14 @@ def _load_builtins() -> None:
     global _loaded_builtins
     if _loaded_builtins:
         return
-    _loaded_builtins = True
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    load_entry_point_plugins()
+    _loaded_builtins = True  # set first: the modules below register through this module
+    try:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+        load_entry_point_plugins()
+    except BaseException:
+        _loaded_builtins = False  # fail again on the next lookup instead of serving half-empty registries
+        raise
 
 
 def load_entry_point_plugins() -> list[str]:
