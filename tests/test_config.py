@@ -324,3 +324,17 @@ def test_dump_config_round_trip(tmp_path):
     assert again.work_dir == "runs/adamw"  # written resolved
     assert again.optim.lr == pytest.approx(2e-4) and again.optim.eps == pytest.approx(1e-6)
     assert again.train.max_steps == 11
+
+
+def test_plus_cannot_extend_typed_sections_or_empty_nodes(tmp_path):
+    """`+` adds keys to free-form nodes only: schema sections are closed, null/??? nodes are set whole."""
+    path = tmp_path / "run.yaml"
+    path.write_text("objective: {type: classification, num_classes: 3}\noptim: {type: adamw, lr: 1}\ndata: {train: {type: digits}}\n")
+    with pytest.raises(ConfigError, match=r"train has a fixed set of keys; 'max_stepz' is not one of them \(did you mean 'max_steps'"):
+        load_config(path, ["+train.max_stepz=3"], RunConfig)
+    with pytest.raises(ConfigError, match="the top level has a fixed set of keys"):
+        load_config(path, ["+extra.key=1"], RunConfig)
+    with pytest.raises(ConfigError, match="'data.val' has no value to add keys to; set it whole instead"):
+        load_config(path, ["+data.val.type=digits"], RunConfig)
+    cfg = load_config(path, ["+objective.extra.depth=2", "data.val={type: digits, split: val}"], RunConfig)
+    assert cfg.objective.extra.depth == 2 and cfg.data.val.split == "val"

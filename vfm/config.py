@@ -8,6 +8,7 @@ replaced whole (so switching `optim.type` from adamw to sgd drops adamw's keys w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import re
 from collections.abc import Mapping, Sequence
@@ -149,11 +150,37 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             )
         if exists and adds:
             raise ConfigError(f"override {text!r}: key {key!r} already exists; drop the leading '+'")
+        if adds:
+            _check_addable(cfg, key, text)
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=adds)
         except OmegaConfBaseException as error:
             raise ConfigError(f"override {text!r}: {_one_line(error)}") from error
     return cfg
+
+
+def _check_addable(cfg: DictConfig, key: str, text: str) -> None:
+    """A `+key` goes into a mapping (created if absent); typed (schema) sections take no new keys."""
+    parts = key.split(".")
+    parent: Any = cfg
+    walked: list[str] = []
+    for part in parts[:-1]:
+        if not isinstance(parent, DictConfig) or part not in parent.keys():
+            break  # the rest of the path is created
+        node = parent._get_node(part)
+        walked.append(part)
+        if node is None or node._is_none() or node._is_missing():
+            raise ConfigError(f"override {text!r}: {'.'.join(walked)!r} has no value to add keys to; set it whole instead")
+        parent = node
+    if not isinstance(parent, DictConfig):
+        raise ConfigError(f"override {text!r}: {'.'.join(walked)!r} is not a mapping")
+    schema_type = OmegaConf.get_type(parent)
+    if schema_type is not None and dataclasses.is_dataclass(schema_type):
+        name = parts[len(walked)]
+        hint = difflib.get_close_matches(name, [str(k) for k in parent.keys()], n=3, cutoff=0.6)
+        suggestion = f" (did you mean {', '.join(repr(h) for h in hint)}?)" if hint else ""
+        where = ".".join(walked) or "the top level"
+        raise ConfigError(f"override {text!r}: {where} has a fixed set of keys; {name!r} is not one of them{suggestion}")
 
 
 def _one_line(error: Exception) -> str:

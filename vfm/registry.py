@@ -280,8 +280,8 @@ def import_custom_modules(modules: Iterable[str], path: str = "custom_imports") 
     for i, module in enumerate(modules):
         try:
             importlib.import_module(module)
-        except ImportError as error:
-            raise ConfigError(f"{path}.{i}: cannot import module {module!r}: {error}") from error
+        except Exception as error:  # a plug-in that fails at import for any reason is a config problem
+            raise ConfigError(f"{path}.{i}: cannot import module {module!r}: {type(error).__name__}: {error}") from error
 
 
 BACKBONES = Registry("backbones")
