@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -196,7 +197,13 @@ def _native_forward(
 
 
 @_native_forward.register_fake
-def _native_forward_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def _native_forward_fake(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
     batch, _, heads, channels = value.shape
     return value.new_empty((batch, sampling_locations.shape[1], heads * channels))
 
@@ -219,7 +226,14 @@ def _native_backward(
 
 
 @_native_backward.register_fake
-def _native_backward_fake(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def _native_backward_fake(
+    grad_output: Tensor,
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     return (
         value.new_empty(value.shape),
         sampling_locations.new_empty(sampling_locations.shape),
@@ -227,11 +241,11 @@ def _native_backward_fake(grad_output, value, spatial_shapes, level_start_index,
     )
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
 
-def _backward(ctx, grad_output: Tensor):
+def _backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None, Tensor, Tensor]:
     value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
     grad_value, grad_locations, grad_weights = _native_backward(
         grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
