@@ -121,3 +121,10 @@ def test_seeded_dataset_leaves_the_global_rng_alone():
     dataset[(0, 1)]
     dataset[(1, 2)]
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_seeded_dataset_accepts_large_seeds():
+    """Seeds of any size work (the per-sample seed is reduced modulo 2**63)."""
+    dataset = SeededDataset(NoisyDataset(), seed=20250101)
+    assert torch.equal(dataset[(3, 7)], dataset[(3, 7)])
+    assert not torch.equal(dataset[(3, 7)], dataset[(4, 7)])

@@ -61,6 +61,8 @@ class SeededDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int):  # noqa: ANN204 - whatever the dataset returns
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        # Seed only the CPU generator: torch.manual_seed would also queue a reseed of every CUDA
+        # generator (costly per sample, and not undone by fork_rng(devices=[])).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            torch.default_generator.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
             return self.dataset[index]
