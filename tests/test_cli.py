@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+
 from conftest import REPO, run_tool
 
 QUICKSTART = REPO / "configs" / "quickstart.yaml"

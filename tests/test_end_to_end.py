@@ -7,9 +7,9 @@ import signal
 
 import pytest
 import torch
-from conftest import run_tool
 from safetensors.torch import load_file
 
+from conftest import run_tool
 from vfm.engine.checkpoint import CheckpointManager, load_checkpoint
 
 pytestmark = pytest.mark.slow

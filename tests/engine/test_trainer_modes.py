@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
 
+from conftest import TINY
 from vfm.config import load_config
 from vfm.engine.checkpoint import load_checkpoint
 from vfm.engine.run_config import RunConfig
