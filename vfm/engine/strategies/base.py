@@ -48,6 +48,8 @@ def barrier() -> None:
 class Strategy:
     """One process, no wrapping: the reference every distributed strategy must match numerically.
 
+    Build strategies after the process group is initialised: rank and world size are read then.
+
     Args:
         precision: fp32, bf16 or fp16; strategies that own mixed precision (FSDP2, DeepSpeed) read it.
         grad_accum_steps: micro-batches per optimizer step (DeepSpeed needs it at initialise time).

@@ -79,7 +79,11 @@ class DeepSpeedStrategy(Strategy):
         if zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"dist.zero_stage: got {zero_stage!r}, expected 0, 1, 2 or 3")
         self.deepspeed = import_deepspeed()
-        self.config = merge(self.generated_config(zero_stage), dict(deepspeed_config or {}))
+        if deepspeed_config is not None and not isinstance(deepspeed_config, dict):  # an OmegaConf node from YAML
+            from omegaconf import OmegaConf
+
+            deepspeed_config = OmegaConf.to_container(deepspeed_config, resolve=True)
+        self.config = merge(self.generated_config(zero_stage), deepspeed_config or {})
         self.zero_stage = self.config["zero_optimization"]["stage"]
         expected = self.config["train_micro_batch_size_per_gpu"] * self.config["gradient_accumulation_steps"] * self.world_size
         if self.config["train_batch_size"] != expected:
