@@ -17,14 +17,15 @@ from vfm.errors import VfmError
 EXIT_USAGE = 2
 
 
-def _setup_logging(work_dir: Path | None = None) -> None:
+def _setup_logging(work_dir: Path | None = None, quiet: bool = False) -> None:
+    """Console logging (warnings only on ranks other than 0) and a train.log file in the work dir."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(formatter)
         root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
     if work_dir is not None:
         file_handler = logging.FileHandler(work_dir / "train.log")
         file_handler.setFormatter(formatter)
@@ -50,6 +51,7 @@ def _run(main: Callable[[argparse.Namespace, list[str]], int], parser: argparse.
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from vfm.config import dump_config, load_config, to_yaml
+    from vfm.dist.launch import destroy_distributed, init_distributed, read_launch_env
     from vfm.engine.run_config import RunConfig
     from vfm.engine.trainer import Trainer, validate_run_config
 
@@ -60,15 +62,23 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
         print(to_yaml(cfg), end="")
         return 0
     validate_run_config(cfg)
-    work_dir = Path(cfg.work_dir)
-    if not args.dry_run:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, work_dir / "config.yaml")
-    _setup_logging(None if args.dry_run else work_dir)
-    logging.getLogger("vfm.train").info("work dir %s; config %s", work_dir, args.config)
-    result = Trainer(cfg, work_dir).train(dry_run=args.dry_run)
-    if result.get("val"):
-        logging.getLogger("vfm.train").info("final evaluation: %s", json.dumps(result["val"]))
+    # torchrun or srun variables, or none: join the process group before anything is built.
+    env = read_launch_env()
+    init_distributed(env, timeout_s=cfg.dist.timeout_s)
+    try:
+        work_dir = Path(cfg.work_dir)
+        if not args.dry_run and env.is_main_process:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, work_dir / "config.yaml")
+        _setup_logging(None if args.dry_run or not env.is_main_process else work_dir, quiet=not env.is_main_process)
+        logger = logging.getLogger("vfm.train")
+        logger.info("work dir %s; config %s; %s", work_dir, args.config,
+                    f"{env.world_size} processes ({env.launcher})" if env.is_distributed else "one process")
+        result = Trainer(cfg, work_dir).train(dry_run=args.dry_run)
+        if result.get("val"):
+            logger.info("final evaluation: %s", json.dumps(result["val"]))
+    finally:
+        destroy_distributed()
     return 0
 
 

@@ -34,7 +34,8 @@ class FreezeParametersHook(Hook):
     """Freeze parameters whose names match `patterns` until step `until_step` (then unfreeze them).
 
     Freezing happens in `before_train`, before the optimizer sees gradients, so a frozen backbone
-    keeps its weights bit-exact while the head warms up.
+    keeps its weights bit-exact while the head warms up. Under DDP, set
+    `dist.find_unused_parameters=true` (DDP expects a gradient for every parameter it wrapped).
     """
 
     def __init__(self, patterns: list[str], until_step: int | None = None) -> None:
@@ -46,7 +47,7 @@ class FreezeParametersHook(Hook):
 
         if self.until_step is not None and trainer.step >= self.until_step:
             return
-        for name, param in trainer.model.named_parameters():
+        for name, param in trainer.objective.named_parameters():
             if param.requires_grad and any(fnmatch.fnmatch(name, p) for p in self.patterns):
                 param.requires_grad_(False)
                 self._frozen.append(param)

@@ -97,6 +97,19 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistConfig:
+    """How the processes of a launch (torchrun, srun) train together."""
+
+    strategy: str = "auto"
+    """auto (ddp when launched with several processes, else single), single or ddp; fsdp and deepspeed
+    exist in vfm.engine.strategies but are not wired into the Trainer yet."""
+    timeout_s: float = 1800.0
+    """Rendezvous and collective timeout: a missing rank fails the run instead of hanging it."""
+    find_unused_parameters: bool = False
+    """DDP's option, for models whose forward skips some parameters."""
+
+
+@dataclass
 class RunConfig:
     """A whole training run."""
 
@@ -111,6 +124,7 @@ class RunConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     hooks: List[Dict[str, Any]] = field(default_factory=list)
     """Hook nodes (`type` from the hooks registry)."""
     work_dir: Optional[str] = None

@@ -20,17 +20,20 @@ from torch import nn
 
 from vfm.data.loader import build_loader
 from vfm.data.sampler import ResumableSampler
+from vfm.dist.collectives import all_reduce_mean, barrier, get_rank, get_world_size
 from vfm.engine.checkpoint import CheckpointManager, all_finite, load_weights, save_safetensors
 from vfm.engine.evaluate import evaluate, move_to_device
 from vfm.engine.hooks import Hook
 from vfm.engine.metrics_logger import MetricsLogger, peak_memory_mb
 from vfm.engine.seeding import rng_state, seed_everything, set_rng_state
+from vfm.engine.strategies import build_strategy
 from vfm.errors import ConfigError, DataError, NonFiniteLossError, VfmError
 from vfm.registry import DATASETS, EVALUATORS, HOOKS, OBJECTIVES, OPTIMIZERS, SCHEDULERS, import_custom_modules
 
 logger = logging.getLogger("vfm.train")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TRAINER_STRATEGIES = ("auto", "single", "ddp")
 
 
 def validate_run_config(cfg: DictConfig) -> None:
@@ -59,6 +62,8 @@ def validate_run_config(cfg: DictConfig) -> None:
     _expect(train.log_interval >= 1, "train.log_interval", train.log_interval, ">= 1")
     _expect(cfg.data.batch_size >= 1, "data.batch_size", cfg.data.batch_size, ">= 1")
     _expect(cfg.eval.mode in ("max", "min"), "eval.mode", cfg.eval.mode, "max or min")
+    _expect(cfg.dist.strategy in TRAINER_STRATEGIES, "dist.strategy", cfg.dist.strategy,
+            f"one of {', '.join(TRAINER_STRATEGIES)} (fsdp and deepspeed are not wired into the Trainer yet)")
     _expect(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     if cfg.eval.metric is not None and (cfg.data.val is None or not cfg.eval.evaluators):
         raise ConfigError(f"eval.metric: {cfg.eval.metric!r} needs data.val and at least one eval.evaluators entry")
@@ -76,14 +81,22 @@ def _expect(ok: bool, key: str, value: Any, expected: str) -> None:
 class Trainer:
     """One training run: `Trainer(cfg, work_dir).train()`."""
 
-    def __init__(self, cfg: DictConfig, work_dir: str | Path, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, cfg: DictConfig, work_dir: str | Path) -> None:
         self.cfg, self.work_dir = cfg, Path(work_dir)
-        self.rank, self.world_size = rank, world_size
-        self.is_main = rank == 0
         validate_run_config(cfg)
-        seed_everything(cfg.seed + rank, cfg.deterministic)
         train = cfg.train
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if train.device == "auto" else train.device)
+        # The process group (if any) is joined by the caller (vfm.cli via vfm.dist); the strategy reads it.
+        self.rank, self.world_size = get_rank(), get_world_size()
+        self.is_main = self.rank == 0
+        name = cfg.dist.strategy if cfg.dist.strategy != "auto" else ("ddp" if self.world_size > 1 else "single")
+        self.strategy = build_strategy(name, precision=train.precision, grad_accum_steps=train.grad_accum_steps,
+                                       micro_batch_size=cfg.data.batch_size, clip_grad_norm=train.clip_grad_norm,
+                                       **({"find_unused_parameters": cfg.dist.find_unused_parameters} if name == "ddp" else {}))
+        seed_everything(cfg.seed + self.rank, cfg.deterministic)  # per-rank streams (dropout); data order is global
+        if train.device == "auto":
+            self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(train.device)
         self.autocast_dtype = PRECISIONS[train.precision]
         self.accum = train.grad_accum_steps
         self.step = 0  # optimizer steps done
@@ -93,12 +106,14 @@ class Trainer:
         self.skipped_in_a_row = 0
 
         # Model, data, optimizer, scheduler, scaler, EMA, evaluators, hooks: all from the registries.
-        self.model: nn.Module = OBJECTIVES.build(cfg.objective, "objective").to(self.device)
+        objective: nn.Module = OBJECTIVES.build(cfg.objective, "objective").to(self.device)
         if cfg.load_from:
-            load_weights(self.model, cfg.load_from)
-        self.train_loader = build_loader(cfg.data.train, "data.train", cfg.data, cfg.seed, True, rank, world_size)
+            load_weights(objective, cfg.load_from)
+        self.train_loader = build_loader(cfg.data.train, "data.train", cfg.data, cfg.seed, True, self.rank, self.world_size)
         self.val_loader = (
-            build_loader(cfg.data.val, "data.val", cfg.data, cfg.seed, False, rank, world_size) if cfg.data.val is not None else None
+            build_loader(cfg.data.val, "data.val", cfg.data, cfg.seed, False, self.rank, self.world_size)
+            if cfg.data.val is not None
+            else None
         )
         steps_per_epoch = len(self.train_loader) // self.accum
         if steps_per_epoch == 0:
@@ -106,7 +121,12 @@ class Trainer:
                 f"data.train: {len(self.train_loader)} batches per epoch is fewer than train.grad_accum_steps={self.accum}"
             )
         self.max_steps = train.max_steps or train.max_epochs * steps_per_epoch
-        self.optimizer = OPTIMIZERS.build(cfg.optim, "optim", model=self.model)
+        # Parameter groups are built on the unwrapped module, so name patterns (lr_mult, no_weight_decay)
+        # read the same with or without DDP's `module.` prefix.
+        self.model, self.optimizer = self.strategy.wrap(
+            objective, lambda wrapped: OPTIMIZERS.build(cfg.optim, "optim", model=self.strategy.unwrap(wrapped))
+        )
+        self.objective = self.strategy.unwrap(self.model)  # the user's module: attributes, EMA, export
         self.scheduler = (
             SCHEDULERS.build(cfg.scheduler, "scheduler", optimizer=self.optimizer, total_steps=self.max_steps)
             if cfg.scheduler is not None
@@ -123,14 +143,14 @@ class Trainer:
     def _build_ema(self) -> nn.Module:
         from timm.utils import ModelEmaV3
 
-        return ModelEmaV3(self.model, decay=self.cfg.ema.decay, use_warmup=self.cfg.ema.warmup)
+        return ModelEmaV3(self.objective, decay=self.cfg.ema.decay, use_warmup=self.cfg.ema.warmup)
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights evaluation and export use: the EMA copy when configured, else the model."""
         if self.ema is not None and self.cfg.ema.eval_with_ema:
             return self.ema.module
-        return self.model
+        return self.objective
 
     # ------------------------------------------------------------------------------------------ data
     def _next_batch(self) -> Any:
@@ -160,40 +180,40 @@ class Trainer:
         """One optimizer step over `grad_accum_steps` micro-batches; None when the step was skipped."""
         self.model.train()
         logs: dict[str, torch.Tensor] = {}
-        for _ in range(self.accum):
+        for micro in range(self.accum):
             batch = self._next_batch()
-            with self.autocast():
-                outputs = self.model(batch)
-            loss = outputs["loss"] / self.accum  # averaged so accumulation matches one large batch
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            # Gradients are reduced across ranks only on the last micro-batch of the step.
+            with self.strategy.no_sync(self.model) if micro < self.accum - 1 else contextlib.nullcontext():
+                with self.autocast():
+                    outputs = self.model(batch)
+                loss = outputs["loss"] / self.accum  # averaged so accumulation matches one large batch
+                self.strategy.backward(self.scaler.scale(loss) if self.scaler else loss)
             for key, value in outputs.items():
                 if isinstance(value, torch.Tensor) and value.numel() == 1:
                     logs[key] = logs.get(key, 0) + value.detach().float() / self.accum
 
+        # Averaged over ranks, so that every rank takes the same decision about a non-finite loss.
+        names = sorted(logs)
+        reduced = all_reduce_mean(torch.stack([logs[k] for k in names])).tolist()
+        result = dict(zip(names, reduced, strict=True))
         # A non-finite loss must never reach the weights: stop (default) or drop this step.
-        loss_value = logs["loss"].item()
         grad_norm = None
-        if math.isfinite(loss_value):
+        if math.isfinite(result["loss"]):
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             if self.cfg.train.clip_grad_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
+                grad_norm = self.strategy.clip_grad_norm(self.model, self.cfg.train.clip_grad_norm)
         # With fp16 the scaler skips steps with inf gradients itself; otherwise check the norm too.
-        if not math.isfinite(loss_value) or (self.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm)):
-            return self._non_finite(loss_value)
+        if not math.isfinite(result["loss"]) or (self.scaler is None and grad_norm is not None and not torch.isfinite(grad_norm)):
+            return self._non_finite(result["loss"])
         self.skipped_in_a_row = 0
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.optimizer_step(self.optimizer, self.scaler)
+        self.strategy.zero_grad(self.optimizer)
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
         if self.ema is not None:
-            self.ema.update(self.model, step=self.step)
-        result = {k: v.item() for k, v in logs.items()}
+            self.ema.update(self.objective, step=self.step)
         if grad_norm is not None:
             result["grad_norm"] = grad_norm.item()
         return result
@@ -202,7 +222,7 @@ class Trainer:
         what = f"step {self.step + 1}: loss is {loss_value}" if not math.isfinite(loss_value) else f"step {self.step + 1}: gradient norm is not finite"
         if self.cfg.train.nonfinite == "stop":
             raise NonFiniteLossError(f"{what}; stopping without writing a checkpoint (train.nonfinite=skip skips such steps)")
-        self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.zero_grad(self.optimizer)
         self.skipped_in_a_row += 1
         logger.warning("%s; skipping the step (%d in a row)", what, self.skipped_in_a_row)
         if self.skipped_in_a_row >= self.cfg.train.max_skipped_steps:
@@ -226,21 +246,22 @@ class Trainer:
         return {
             "step": self.step,
             "data": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
-            "model": self.model.state_dict(),
+            "model": self.strategy.model_state_dict(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "ema": self.ema.module.state_dict() if self.ema else None,
-            "rng": rng_state(),
+            "rng": self._gather_rng_states(),
             "best": dict(self.best),
             "skipped_in_a_row": self.skipped_in_a_row,
-            "eval_weights": "ema" if self.eval_model is not self.model else "model",
+            "eval_weights": "ema" if self.eval_model is not self.objective else "model",
+            "world_size": self.world_size,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` captured."""
-        self.model.load_state_dict(state["model"])
+        self.strategy.load_model_state_dict(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for name, part in (("scheduler", self.scheduler), ("scaler", self.scaler), ("ema", self.ema and self.ema.module)):
             if (part is None) != (state.get(name) is None):
@@ -251,17 +272,39 @@ class Trainer:
         self.epoch, self.batch_in_epoch = state["data"]["epoch"], state["data"]["batch_in_epoch"]
         self.best = state["best"]
         self.skipped_in_a_row = state.get("skipped_in_a_row", 0)
-        set_rng_state(state["rng"])
+        self._restore_rng_states(state)
         self._batches = None
 
+    def _gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states, in rank order (collective)."""
+        states: list[Any] = [None] * self.world_size
+        if self.world_size > 1:
+            torch.distributed.all_gather_object(states, rng_state())
+        else:
+            states[0] = rng_state()
+        return states
+
+    def _restore_rng_states(self, state: dict[str, Any]) -> None:
+        states = state["rng"]
+        if isinstance(states, dict):  # a checkpoint written before RNG states were per rank
+            states = [states]
+        if len(states) != self.world_size:
+            # The run continues correctly but not bit-for-bit: dropout streams are reseeded per rank.
+            logger.warning("resume: checkpoint has RNG states for %d ranks, this run has %d; reseeding",
+                           len(states), self.world_size)
+            seed_everything(self.cfg.seed + 7919 * self.step + self.rank)
+            return
+        set_rng_state(states[self.rank])
+
     def save_checkpoint(self) -> Path | None:
-        """Write a step checkpoint (rank 0); refuses weights that are not finite."""
-        if not self.is_main:
-            return None
-        if not all_finite(self.model):
+        """Write a step checkpoint (collective; rank 0 writes); refuses weights that are not finite."""
+        if not all_finite(self.objective):
             raise NonFiniteLossError(f"step {self.step}: weights are not finite; refusing to write a checkpoint")
-        path = self.checkpoints.save(self.state_dict(), self.step)
-        logger.info("saved checkpoint %s", path)
+        state = self.state_dict()
+        path = self.checkpoints.save(state, self.step) if self.is_main else None
+        barrier()
+        if path is not None:
+            logger.info("saved checkpoint %s", path)
         return path
 
     # ------------------------------------------------------------------------------------------ loop
@@ -324,6 +367,7 @@ class Trainer:
                 hook.after_train(self)
             if self.is_main and cfg.checkpoint.export_safetensors:
                 save_safetensors(self.eval_model.state_dict(), self.work_dir / "model.safetensors")
+            barrier()
         finally:
             metrics_log.close()
         return last
@@ -342,11 +386,13 @@ class Trainer:
         better = best is None or (value > best if self.cfg.eval.mode == "max" else value < best)
         if better:
             self.best = {"metric": name, "value": value, "step": self.step}
+            if not all_finite(self.objective):
+                raise NonFiniteLossError(f"step {self.step}: weights are not finite; refusing to write best.pt")
+            state = self.state_dict()
             if self.is_main:
-                if not all_finite(self.model):
-                    raise NonFiniteLossError(f"step {self.step}: weights are not finite; refusing to write best.pt")
-                self.checkpoints.save_best(self.state_dict())
+                self.checkpoints.save_best(state)
                 logger.info("new best %s %.4f at step %d -> %s", name, value, self.step, self.checkpoints.dir / "best.pt")
+            barrier()
         return metrics
 
 

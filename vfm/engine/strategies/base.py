@@ -21,28 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from vfm.dist.collectives import barrier, get_rank, get_world_size
 from vfm.engine.checkpoint import atomic_torch_save, load_state_dict_file
 from vfm.errors import CheckpointError, ConfigError
 
 BuildOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
 META_FILE = "strategy.pt"  # rank 0's client state plus which strategy and world size wrote the checkpoint
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the world size (0, 1 without an initialised process group)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def barrier() -> None:
-    """Wait for every rank (a no-op in one process)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 class Strategy:
@@ -72,7 +59,7 @@ class Strategy:
         self.grad_accum_steps = grad_accum_steps
         self.micro_batch_size = micro_batch_size
         self.max_grad_norm = clip_grad_norm
-        self.rank, self.world_size = rank_and_world()
+        self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
 
     # ---------------------------------------------------------------------------------------- wrap
