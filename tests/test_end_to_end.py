@@ -127,3 +127,17 @@ def test_load_from_reports_and_loads_weights(tmp_path, tiny_config):
     a, b = load_file(source / "model.safetensors"), load_file(target / "model.safetensors")
     conv = [k for k in a if k.endswith("conv1.weight")]
     assert conv and all(torch.equal(a[k], b[k]) for k in conv)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
+def test_preemption_signal_checkpoints_and_resume_is_exact(tmp_path, tiny_config, signal_name):
+    """SIGTERM/SIGUSR1 mid-run: the step finishes, a checkpoint is written, exit 0; resume=auto ends bit-identical."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run_tool("train", tiny_config, f"work_dir={straight}", check=True)
+    result = run_tool("train", tiny_config, f"work_dir={stopped}", f"hooks=[{{type: test_signal_at_step, step: 3, signal_name: {signal_name}}}]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"stopped by {signal_name} after step 3" in result.stdout
+    assert (stopped / "last_checkpoint").read_text() == "checkpoints/step_00000003.pt"
+    assert not (stopped / "model.safetensors").exists()
+    run_tool("train", tiny_config, f"work_dir={stopped}", "resume=auto", check=True)
+    assert _weights_equal(load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors"))

@@ -64,6 +64,17 @@ def test_ddp_matches_one_process_and_resumes_exactly(tmp_path):
     c = load_file(killed / "model.safetensors")
     assert all(torch.equal(b[key], c[key]) for key in b)
 
+    # Only rank 1 gets Slurm's warning signal: both ranks still stop after the same step, with one checkpoint.
+    preempted = tmp_path / "preempted"
+    stopped = dist_train("data.batch_size=8", f"work_dir={preempted}",
+                         "hooks=[{type: test_signal_at_step, step: 3, signal_name: SIGUSR1, only_rank: 1}]")
+    assert_ok(stopped)
+    assert "stopped by a signal on another rank after step 3" in stopped.stdout
+    assert (preempted / "last_checkpoint").read_text() == "checkpoints/step_00000003.pt"
+    assert_ok(dist_train("data.batch_size=8", f"work_dir={preempted}", "resume=auto"))
+    d = load_file(preempted / "model.safetensors")
+    assert all(torch.equal(b[key], d[key]) for key in b)
+
 
 def test_ddp_checkpoint_resumes_in_one_process(tmp_path):
     """A 2-rank checkpoint continues in one process (DDP state is a plain full state dict)."""

@@ -58,3 +58,15 @@ class NanClassification(Classification):
         if self.calls in self.nan_calls:
             outputs["loss"] = outputs["loss"] * float("nan")
         return outputs
+
+
+@HOOKS.register("test_signal_at_step")
+class SignalAtStep(Hook):
+    """Send `signal_name` (as Slurm does before preemption) to this process after optimizer step `step`."""
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM", only_rank: int | None = None) -> None:
+        self.step, self.signum, self.only_rank = step, signal.Signals[signal_name], only_rank
+
+    def after_step(self, trainer: Any, outputs: dict[str, Any]) -> None:
+        if trainer.step == self.step and self.only_rank in (None, trainer.rank):
+            os.kill(os.getpid(), self.signum)

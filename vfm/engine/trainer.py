@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +106,8 @@ class Trainer:
         self.batch_in_epoch = 0  # micro-batches consumed in the current epoch (the data position)
         self.best: dict[str, Any] = {"metric": cfg.eval.metric, "value": None, "step": None}
         self.skipped_in_a_row = 0
+        self._last_saved_step: int | None = None
+        self._stop_signal: int | None = None
 
         # Model, data, optimizer, scheduler, scaler, EMA, evaluators, hooks: all from the registries.
         objective: nn.Module = OBJECTIVES.build(cfg.objective, "objective").to(self.device)
@@ -303,6 +307,7 @@ class Trainer:
         state = self.state_dict()
         path = self.checkpoints.save(state, self.step) if self.is_main else None
         barrier()
+        self._last_saved_step = self.step
         if path is not None:
             logger.info("saved checkpoint %s", path)
         return path
@@ -330,8 +335,11 @@ class Trainer:
         window_start, window_samples = time.perf_counter(), 0
         run_start_step, run_start = self.step, time.perf_counter()
         samples_per_step = self.cfg.data.batch_size * self.accum * self.world_size
+        previous_handlers = self._install_preemption_handlers()
         try:
             while self.step < self.max_steps:
+                if self._preemption_requested():
+                    return self._stop_for_preemption(last)
                 for hook in self.hooks:
                     hook.before_step(self)
                 outputs = self.train_step()
@@ -370,7 +378,33 @@ class Trainer:
             barrier()
         finally:
             metrics_log.close()
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
         return last
+
+    # ------------------------------------------------------------------------------------ preemption
+    def _install_preemption_handlers(self) -> dict[int, Any]:
+        """On SIGUSR1/SIGTERM (Slurm's warning before preemption) finish the step, checkpoint, exit cleanly."""
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+
+        return {signum: signal.signal(signum, request_stop) for signum in (signal.SIGUSR1, signal.SIGTERM)}
+
+    def _preemption_requested(self) -> bool:
+        """Whether any rank received a stop signal (collective, so all ranks stop at the same step)."""
+        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0])
+        return bool(all_reduce_mean(flag).item() > 0)
+
+    def _stop_for_preemption(self, last: dict[str, Any]) -> dict[str, Any]:
+        name = signal.Signals(self._stop_signal).name if self._stop_signal is not None else "a signal on another rank"
+        if self._last_saved_step != self.step:  # the same answer on every rank: saving is collective
+            self.save_checkpoint()
+        logger.warning("stopped by %s after step %d with a checkpoint; continue with resume=auto", name, self.step)
+        return {**last, "preempted": True}
 
     def _evaluate_and_keep_best(self, metrics_log: MetricsLogger) -> dict[str, float]:
         metrics = self.evaluate()
