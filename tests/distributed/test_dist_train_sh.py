@@ -99,7 +99,6 @@ def test_slurm_train_command():
         "--gres=gpu:8",
         "--kill-on-bad-exit=1",
         "--signal=USR1@120",
-        "--requeue",
         "--qos=high",
         "--exclusive",
         sys.executable,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import torch
@@ -70,3 +71,25 @@ class SignalAtStep(Hook):
     def after_step(self, trainer: Any, outputs: dict[str, Any]) -> None:
         if trainer.step == self.step and self.only_rank in (None, trainer.rank):
             os.kill(os.getpid(), self.signum)
+
+
+@HOOKS.register("test_wait_for_signal_at_step")
+class WaitForSignalAtStep(Hook):
+    """After optimizer step `step`, touch `marker`.rank<N> and wait (at most `timeout_s`) for a stop signal.
+
+    Lets a test deliver a real signal (`scancel --signal=USR1`) at a known step instead of racing the run. Once the
+    marker exists (a requeued or resumed run), it does nothing.
+    """
+
+    def __init__(self, step: int, marker: str, timeout_s: float = 60.0) -> None:
+        self.step, self.marker, self.timeout_s = step, marker, timeout_s
+
+    def after_step(self, trainer: Any, outputs: dict[str, Any]) -> None:
+        marker = f"{self.marker}.rank{trainer.rank}"
+        if trainer.step != self.step or os.path.exists(marker):
+            return
+        with open(marker, "w") as file:
+            file.write(str(os.getpid()))
+        deadline = time.monotonic() + self.timeout_s
+        while trainer._stop_signal is None and time.monotonic() < deadline:
+            time.sleep(0.05)
