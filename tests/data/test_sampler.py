@@ -128,3 +128,12 @@ def test_seeded_dataset_accepts_large_seeds():
     dataset = SeededDataset(NoisyDataset(), seed=20250101)
     assert torch.equal(dataset[(3, 7)], dataset[(3, 7)])
     assert not torch.equal(dataset[(3, 7)], dataset[(4, 7)])
+
+
+def test_unpadded_shards_cover_every_sample_once():
+    """pad=False (evaluation): 3 ranks over 10 samples get 4, 3, 3 distinct samples, 10 in all."""
+    shards = [[i for _, i in ResumableSampler(10, shuffle=False, rank=r, world_size=3, pad=False)] for r in range(3)]
+    assert [len(s) for s in shards] == [4, 3, 3]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    assert [len(ResumableSampler(10, rank=r, world_size=3, pad=False)) for r in range(3)] == [4, 3, 3]
+    assert [len(ResumableSampler(10, rank=r, world_size=3)) for r in range(3)] == [4, 4, 4]

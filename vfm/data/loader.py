@@ -20,7 +20,8 @@ def build_loader(node: Any, path: str, data_cfg: Any, seed: int, train: bool, ra
         raise DataError(f"{path}.{error}") from error
     if len(dataset) == 0:
         raise DataError(f"{path}: dataset is empty")
-    sampler = ResumableSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    # Evaluation shards without padding, so metrics summed over ranks count each sample once.
+    sampler = ResumableSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
     return DataLoader(
         SeededDataset(dataset, seed),
         batch_size=data_cfg.batch_size if train else (data_cfg.val_batch_size or data_cfg.batch_size),

@@ -11,16 +11,16 @@ from torch.utils.data import Sampler
 class ResumableSampler(Sampler[tuple[int, int]]):
     """Yields `(epoch, index)` keys; `set_epoch(epoch, start)` skips samples already consumed.
 
-    With `world_size > 1` each rank takes every world_size-th index of the shared permutation
-    (padded by wrapping around, like DistributedSampler without drop_last).
+    With `world_size > 1` each rank takes every world_size-th index of the shared permutation, padded
+    by wrapping around (like DistributedSampler without drop_last) unless `pad=False`.
     """
 
     def __init__(
-        self, size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
+        self, size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True
     ) -> None:
         if size <= 0:
             raise ValueError(f"ResumableSampler: dataset is empty (size={size})")
-        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.size, self.shuffle, self.seed, self.pad = size, shuffle, seed, pad
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
 
@@ -34,8 +34,9 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
-        per_rank = -(-self.size // self.world_size)
-        order += order[: per_rank * self.world_size - self.size]
+        if self.pad:  # equal shares for training; evaluation (pad=False) sees every sample exactly once
+            per_rank = -(-self.size // self.world_size)
+            order += order[: per_rank * self.world_size - self.size]
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -43,7 +44,8 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             yield self.epoch, index
 
     def __len__(self) -> int:
-        return -(-self.size // self.world_size) - self.start
+        share = -(-self.size // self.world_size) if self.pad else len(range(self.rank, self.size, self.world_size))
+        return share - self.start
 
 
 class SeededDataset(torch.utils.data.Dataset):
