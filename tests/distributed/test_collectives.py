@@ -48,7 +48,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     }
     result = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 
 def reference() -> dict[str, torch.Tensor]:

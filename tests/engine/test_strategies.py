@@ -110,7 +110,7 @@ def _reference(name: str, tmp_path: Path) -> dict[str, Any]:
     """The one-process run of a case on the whole global batch (no process group)."""
     case = {k: v for k, v in PARITY_CASES[name].items() if k not in ("options", "save_at")}
     worker.run_case({**case, "name": "reference", "strategy": "single"}, tmp_path)
-    return torch.load(tmp_path / "reference.pt")
+    return torch.load(tmp_path / "reference.pt", weights_only=True)
 
 
 def _assert_close(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], tolerance: dict[str, float]) -> None:
@@ -124,7 +124,7 @@ def _assert_close(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 def test_parity_with_one_process(name: str, runs: Path, tmp_path: Path) -> None:
     if PARITY_CASES[name]["strategy"] == "deepspeed":
         _require_deepspeed()
-    got, expected = torch.load(runs / f"{name}.pt"), _reference(name, tmp_path)
+    got, expected = torch.load(runs / f"{name}.pt", weights_only=True), _reference(name, tmp_path)
     tolerance = BF16 if PARITY_CASES[name].get("precision") == "bf16" else FP32
     _assert_close(got["weights"], expected["weights"], tolerance)
     # A gradient x world_size (gloo AVG summing) would show here before clipping hides it.
@@ -141,7 +141,7 @@ def test_resume_continues_like_an_uninterrupted_run(name: str, runs: Path) -> No
     if PARITY_CASES[name]["strategy"] == "deepspeed":
         _require_deepspeed()
     exact = {"rtol": 0.0, "atol": 0.0}  # same ranks, same reduction order: CPU resumes bit for bit
-    _assert_close(torch.load(runs / f"{name}_resumed.pt")["weights"], torch.load(runs / f"{name}.pt")["weights"], exact)
+    _assert_close(torch.load(runs / f"{name}_resumed.pt", weights_only=True)["weights"], torch.load(runs / f"{name}.pt", weights_only=True)["weights"], exact)
 
 
 @pytest.mark.slow
