@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "vfm-checkpoint-v1"
 POINTER = "last_checkpoint"
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+SHARDED_META = "strategy.pt"  # inside a sharded (FSDP/DeepSpeed) checkpoint folder: which strategy wrote it, and the Trainer's state
+_STEP_FILE = re.compile(r"^step_(\d+)(\.pt)?$")  # step_00000100.pt (full state) or step_00000100/ (sharded)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -76,7 +78,20 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a full vfm training checkpoint (model, optimizer, RNG, data position, ...)."""
+    """Load a vfm training checkpoint: a file with everything, or a sharded folder's Trainer state.
+
+    For a folder, the model and optimizer shards stay on disk: `sharded_dir` names the folder, which
+    the strategy that wrote it loads (`Strategy.load`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / SHARDED_META).is_file():
+            raise CheckpointError(f"{path}: not a checkpoint folder ({SHARDED_META} missing: incomplete or not a checkpoint)")
+        meta = load_state_dict_file(path / SHARDED_META)
+        state = meta.get("state")
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a vfm training checkpoint (no '{FORMAT}' format tag)")
+        return {**state, "sharded_dir": str(path), "strategy": meta.get("strategy"), "world_size": meta.get("world_size")}
     state = load_state_dict_file(path)
     if state.get("format") != FORMAT or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path}: not a vfm training checkpoint (no '{FORMAT}' format tag); use load_from for weights")
@@ -162,9 +177,23 @@ class CheckpointManager:
         found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_FILE.match(p.name))]
         return [p for _, p in sorted(found, reverse=True)]
 
+    def commit_folder(self, tmp: Path, step: int) -> Path:
+        """Move a fully written sharded checkpoint folder into place, then the pointer; prune old ones."""
+        final = self.dir / f"step_{step:08d}"
+        if final.exists():  # a rerun of the same step after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.dir)
+        atomic_write(self.pointer, lambda file: file.write(os.path.relpath(final, self.work_dir).encode()))
+        self._prune()
+        return final
+
     def _prune(self) -> None:
         for old in self.step_checkpoints()[self.keep_last :]:
-            old.unlink(missing_ok=True)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
 
     def latest_valid(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest loadable checkpoint (pointer target first); corrupt ones are skipped with a warning."""
@@ -190,7 +219,7 @@ class CheckpointManager:
                 logger.info("resume=auto: no checkpoint in %s, starting from scratch", self.work_dir)
             return found
         path = Path(resume)
-        if path.is_dir():  # a work dir: resume from its newest valid checkpoint
+        if path.is_dir() and not (path / SHARDED_META).exists():  # a work dir: its newest valid checkpoint
             found = CheckpointManager(path, self.keep_last).latest_valid()
             if found is None:
                 raise CheckpointError(f"resume={resume}: no valid checkpoint in that folder")

@@ -101,8 +101,8 @@ class DistConfig:
     """How the processes of a launch (torchrun, srun) train together."""
 
     strategy: str = "auto"
-    """auto (ddp when launched with several processes, else single), single or ddp; fsdp and deepspeed
-    exist in vfm.engine.strategies but are not wired into the Trainer yet."""
+    """auto (ddp when launched with several processes, else single), single, ddp or fsdp (FSDP2, sharded
+    checkpoint folders); deepspeed exists in vfm.engine.strategies but is not wired into the Trainer yet."""
     timeout_s: float = 1800.0
     """Rendezvous and collective timeout: a missing rank fails the run instead of hanging it."""
     find_unused_parameters: bool = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -23,19 +24,19 @@ from torch import nn
 from vfm.data.loader import build_loader
 from vfm.data.sampler import ResumableSampler
 from vfm.dist.collectives import all_reduce_mean, barrier, get_rank, get_world_size
-from vfm.engine.checkpoint import CheckpointManager, all_finite, load_weights, save_safetensors
+from vfm.engine.checkpoint import FORMAT, CheckpointManager, all_finite, load_weights, save_safetensors
 from vfm.engine.evaluate import evaluate, move_to_device
 from vfm.engine.hooks import Hook
 from vfm.engine.metrics_logger import MetricsLogger, peak_memory_mb
 from vfm.engine.seeding import rng_state, seed_everything, set_rng_state
 from vfm.engine.strategies import build_strategy
-from vfm.errors import ConfigError, DataError, NonFiniteLossError, VfmError
+from vfm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, VfmError
 from vfm.registry import DATASETS, EVALUATORS, HOOKS, OBJECTIVES, OPTIMIZERS, SCHEDULERS, import_custom_modules
 
 logger = logging.getLogger("vfm.train")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-TRAINER_STRATEGIES = ("auto", "single", "ddp")
+TRAINER_STRATEGIES = ("auto", "single", "ddp", "fsdp")
 
 
 def validate_run_config(cfg: DictConfig) -> None:
@@ -65,7 +66,10 @@ def validate_run_config(cfg: DictConfig) -> None:
     _expect(cfg.data.batch_size >= 1, "data.batch_size", cfg.data.batch_size, ">= 1")
     _expect(cfg.eval.mode in ("max", "min"), "eval.mode", cfg.eval.mode, "max or min")
     _expect(cfg.dist.strategy in TRAINER_STRATEGIES, "dist.strategy", cfg.dist.strategy,
-            f"one of {', '.join(TRAINER_STRATEGIES)} (fsdp and deepspeed are not wired into the Trainer yet)")
+            f"one of {', '.join(TRAINER_STRATEGIES)} (deepspeed is not wired into the Trainer yet)")
+    if cfg.dist.strategy == "fsdp":
+        _expect(not cfg.ema.enabled, "ema.enabled", cfg.ema.enabled, "false with dist.strategy=fsdp (EMA of sharded weights is not supported yet)")
+        _expect(train.precision != "fp16", "train.precision", train.precision, "fp32 or bf16 with dist.strategy=fsdp")
     _expect(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     if cfg.eval.metric is not None and (cfg.data.val is None or not cfg.eval.evaluators):
         raise ConfigError(f"eval.metric: {cfg.eval.metric!r} needs data.val and at least one eval.evaluators entry")
@@ -94,7 +98,9 @@ class Trainer:
         self.strategy = build_strategy(name, precision=train.precision, grad_accum_steps=train.grad_accum_steps,
                                        micro_batch_size=cfg.data.batch_size, clip_grad_norm=train.clip_grad_norm,
                                        **({"find_unused_parameters": cfg.dist.find_unused_parameters} if name == "ddp" else {}))
-        seed_everything(cfg.seed + self.rank, cfg.deterministic)  # per-rank streams (dropout); data order is global
+        # The model is initialised from the same seed on every rank (FSDP shards it without a broadcast);
+        # per-rank streams (dropout) start after the model is built.
+        seed_everything(cfg.seed, cfg.deterministic)
         if train.device == "auto":
             self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
         else:
@@ -131,6 +137,7 @@ class Trainer:
             objective, lambda wrapped: OPTIMIZERS.build(cfg.optim, "optim", model=self.strategy.unwrap(wrapped))
         )
         self.objective = self.strategy.unwrap(self.model)  # the user's module: attributes, EMA, export
+        seed_everything(cfg.seed + self.rank, cfg.deterministic)
         self.scheduler = (
             SCHEDULERS.build(cfg.scheduler, "scheduler", optimizer=self.optimizer, total_steps=self.max_steps)
             if cfg.scheduler is not None
@@ -246,12 +253,19 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where this run is."""
+        """Everything needed to continue exactly where this run is (collective: gathers full weights)."""
+        return {
+            "model": self.strategy.model_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            **self._trainer_state(),
+        }
+
+    def _trainer_state(self) -> dict[str, Any]:
+        """The state besides model and optimizer (which sharded strategies write themselves)."""
         return {
             "step": self.step,
             "data": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
-            "model": self.strategy.model_state_dict(self.model),
-            "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.name,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "ema": self.ema.module.state_dict() if self.ema else None,
@@ -265,8 +279,14 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` captured."""
-        self.strategy.load_model_state_dict(self.model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded_dir"):
+            self.strategy.load(Path(state["sharded_dir"]), self.model, self.optimizer)  # checks strategy, world size
+        elif self.strategy.sharded_state:
+            raise CheckpointError(f"resume: a {state.get('strategy', 'single')} checkpoint cannot resume under "
+                                  f"dist.strategy={self.strategy.name}; start from its weights with load_from")
+        else:
+            self.strategy.load_model_state_dict(self.model, state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         for name, part in (("scheduler", self.scheduler), ("scaler", self.scaler), ("ema", self.ema and self.ema.module)):
             if (part is None) != (state.get(name) is None):
                 raise VfmError(f"resume: the checkpoint {'has' if state.get(name) is not None else 'lacks'} {name} state but this config {'does not use' if part is None else 'uses'} one")
@@ -300,12 +320,25 @@ class Trainer:
             return
         set_rng_state(states[self.rank])
 
+    def _weights_finite(self) -> bool:
+        """All ranks agree whether every weight (every rank's shard) is finite."""
+        return bool(all_reduce_mean(torch.tensor([1.0 if all_finite(self.objective) else 0.0])).item() == 1.0)
+
     def save_checkpoint(self) -> Path | None:
         """Write a step checkpoint (collective; rank 0 writes); refuses weights that are not finite."""
-        if not all_finite(self.objective):
+        if not self._weights_finite():
             raise NonFiniteLossError(f"step {self.step}: weights are not finite; refusing to write a checkpoint")
-        state = self.state_dict()
-        path = self.checkpoints.save(state, self.step) if self.is_main else None
+        if self.strategy.sharded_state:
+            # Every rank writes its shards into a temp folder; rank 0 renames it whole once all are done.
+            tmp = self.checkpoints.dir / f".step_{self.step:08d}.tmp"
+            if self.is_main and tmp.exists():
+                shutil.rmtree(tmp)
+            barrier()
+            self.strategy.save(tmp, {"format": FORMAT, **self._trainer_state()}, self.model, self.optimizer)
+            path = self.checkpoints.commit_folder(tmp, self.step) if self.is_main else None
+        else:
+            state = self.state_dict()
+            path = self.checkpoints.save(state, self.step) if self.is_main else None
         barrier()
         self._last_saved_step = self.step
         if path is not None:
@@ -373,8 +406,11 @@ class Trainer:
                     self.save_checkpoint()
             for hook in self.hooks:
                 hook.after_train(self)
-            if self.is_main and cfg.checkpoint.export_safetensors:
-                save_safetensors(self.eval_model.state_dict(), self.work_dir / "model.safetensors")
+            if cfg.checkpoint.export_safetensors:
+                weights = self.ema.module.state_dict() if self.eval_model is not self.objective else (
+                    self.strategy.model_state_dict(self.model))  # collective: gathers shards
+                if self.is_main:
+                    save_safetensors(weights, self.work_dir / "model.safetensors")
             barrier()
         finally:
             metrics_log.close()
@@ -420,12 +456,20 @@ class Trainer:
         better = best is None or (value > best if self.cfg.eval.mode == "max" else value < best)
         if better:
             self.best = {"metric": name, "value": value, "step": self.step}
-            if not all_finite(self.objective):
+            if not self._weights_finite():
                 raise NonFiniteLossError(f"step {self.step}: weights are not finite; refusing to write best.pt")
-            state = self.state_dict()
+            if self.strategy.sharded_state:  # the best weights only, gathered; resume uses step checkpoints
+                weights = self.strategy.model_state_dict(self.model)
+                best_path = self.checkpoints.dir / "best.safetensors"
+                if self.is_main:
+                    save_safetensors(weights, best_path)
+            else:
+                state = self.state_dict()
+                best_path = self.checkpoints.dir / "best.pt"
+                if self.is_main:
+                    self.checkpoints.save_best(state)
             if self.is_main:
-                self.checkpoints.save_best(state)
-                logger.info("new best %s %.4f at step %d -> %s", name, value, self.step, self.checkpoints.dir / "best.pt")
+                logger.info("new best %s %.4f at step %d -> %s", name, value, self.step, best_path)
             barrier()
         return metrics
 

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from vfm.dist.collectives import barrier, get_rank, get_world_size
-from vfm.engine.checkpoint import atomic_torch_save, load_state_dict_file
+from vfm.engine.checkpoint import SHARDED_META, atomic_torch_save, load_state_dict_file
 from vfm.errors import CheckpointError, ConfigError
 
 BuildOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
-META_FILE = "strategy.pt"  # rank 0's client state plus which strategy and world size wrote the checkpoint
+META_FILE = SHARDED_META  # rank 0's client state plus which strategy and world size wrote the checkpoint
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -47,6 +47,8 @@ class Strategy:
     name = "single"
     # Whether a checkpoint written with one world size may be loaded with another.
     reshardable = True
+    # Whether model and optimizer state live in shards per rank (the Trainer then writes checkpoint folders).
+    sharded_state = False
 
     def __init__(self, precision: str = "fp32", grad_accum_steps: int = 1, micro_batch_size: int = 1,
                  clip_grad_norm: float | None = None) -> None:

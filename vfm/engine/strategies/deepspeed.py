@@ -73,6 +73,7 @@ class DeepSpeedStrategy(Strategy):
     """
 
     name = "deepspeed"
+    sharded_state = True
 
     def __init__(self, *, zero_stage: int = 1, deepspeed_config: dict[str, Any] | None = None, **options) -> None:
         super().__init__(**options)

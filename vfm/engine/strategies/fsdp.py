@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from vfm.engine.strategies.base import BuildOptimizer, Strategy, barrier
@@ -58,6 +58,7 @@ class FSDPStrategy(Strategy):
 
     name = "fsdp"
     reshardable = True
+    sharded_state = True
 
     def __init__(self, *, reshard_after_forward: bool = True, force_sum_reduction: bool | None = None, **options) -> None:
         super().__init__(**options)
@@ -83,6 +84,10 @@ class FSDPStrategy(Strategy):
             for module in model.modules():
                 if isinstance(module, FSDPModule):
                     module.set_force_sum_reduction_for_comms(True)
+        # Methods other than forward that run the model (an objective's `predict`) need the same
+        # parameter all-gather hooks as forward.
+        if callable(getattr(model, "predict", None)):
+            register_fsdp_forward_method(model, "predict")
         # The optimizer must see the sharded DTensor parameters, so it is built only now.
         return model, build_optimizer(model)
 
