@@ -146,15 +146,15 @@ def test_resume_continues_like_an_uninterrupted_run(name: str, runs: Path) -> No
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_reshards_to_another_world_size(runs: Path) -> None:
-    resumed = torch.load(runs / "fsdp_a2_clip_world1.pt")
+    resumed = torch.load(runs / "fsdp_a2_clip_world1.pt", weights_only=True)
     assert "load_error" not in resumed, resumed.get("load_error")
-    _assert_close(resumed["weights"], torch.load(runs / "fsdp_a2_clip.pt")["weights"], FP32)
+    _assert_close(resumed["weights"], torch.load(runs / "fsdp_a2_clip.pt", weights_only=True)["weights"], FP32)
 
 
 @pytest.mark.slow
 def test_deepspeed_checkpoint_refuses_another_world_size(runs: Path) -> None:
     _require_deepspeed()
-    error = torch.load(runs / "ds1_a1_world1.pt")["load_error"]
+    error = torch.load(runs / "ds1_a1_world1.pt", weights_only=True)["load_error"]
     assert error.startswith("CheckpointError") and "world size 2" in error and "world size 1" in error
     assert "ds_to_universal" in error
 

@@ -112,13 +112,12 @@ class Strategy:
     def save(self, path_dir: str | Path, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> Path:
         """Write a resumable checkpoint directory in this engine's native format; collective.
 
-        `state` is the caller's own picklable state (step, data position, scheduler, ...), written by rank 0.
+        `state` is the caller's own picklable state (step, data position, scheduler, ...), written by rank 0
+        after the engine's files, so a folder with the meta file is complete.
         """
         path_dir = Path(path_dir)
-        model_sd = self.model_state_dict(model)
-        optim_sd = optimizer.state_dict()
+        self._save_engine_state(path_dir, model, optimizer)
         if self.is_main:
-            atomic_torch_save({"model": model_sd, "optimizer": optim_sd}, path_dir / "model_optimizer.pt")
             self._write_meta(path_dir, state)
         barrier()
         return path_dir
@@ -127,10 +126,21 @@ class Strategy:
         """Restore model and optimizer from `save`'s directory; returns the caller's `state`; collective."""
         path_dir = Path(path_dir)
         state = self._read_meta(path_dir)
+        self._load_engine_state(path_dir, model, optimizer)
+        return state
+
+    def _save_engine_state(self, path_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Write model and optimizer state (here: full state dicts from rank 0)."""
+        model_sd = self.model_state_dict(model)
+        optim_sd = optimizer.state_dict()
+        if self.is_main:
+            atomic_torch_save({"model": model_sd, "optimizer": optim_sd}, path_dir / "model_optimizer.pt")
+
+    def _load_engine_state(self, path_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Read what `_save_engine_state` wrote."""
         saved = torch.load(path_dir / "model_optimizer.pt", map_location="cpu", weights_only=True)
         self.load_model_state_dict(model, saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        return state
 
     # ----------------------------------------------------------------------------------- meta data
     def _write_meta(self, path_dir: Path, state: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vfm.engine.strategies.base import BuildOptimizer, Strategy, barrier
+from vfm.engine.strategies.base import BuildOptimizer, Strategy
 from vfm.errors import CheckpointError, ConfigError
 
 TAG = "vfm"  # the checkpoint tag: one subdirectory per vfm checkpoint directory
@@ -175,21 +175,13 @@ class DeepSpeedStrategy(Strategy):
             optimizer.refresh_fp32_params()  # the optimizer's fp32 master copy follows the new weights
 
     # --------------------------------------------------------------------------------- checkpoints
-    def save(self, path_dir: str | Path, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> Path:
-        path_dir = Path(path_dir)
+    def _save_engine_state(self, path_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self._engine().save_checkpoint(str(path_dir), tag=TAG, client_state={}, save_latest=False)
-        if self.is_main:
-            self._write_meta(path_dir, state)
-        barrier()
-        return path_dir
 
-    def load(self, path_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        path_dir = Path(path_dir)
-        state = self._read_meta(path_dir)
+    def _load_engine_state(self, path_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         load_path, _ = self._engine().load_checkpoint(str(path_dir), tag=TAG)
         if load_path is None:
             raise CheckpointError(f"{path_dir}: DeepSpeed found no checkpoint with tag {TAG!r}")
-        return state
 
     def _reshard_message(self, path_dir: Path, saved_world_size: int) -> str:
         return (f"{path_dir}: a DeepSpeed ZeRO checkpoint written with world size {saved_world_size} cannot resume "

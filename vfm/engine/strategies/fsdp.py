@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from vfm.engine.strategies.base import BuildOptimizer, Strategy, barrier
+from vfm.engine.strategies.base import BuildOptimizer, Strategy
 from vfm.errors import ConfigError
 
 # Attribute names under which models keep their repeated blocks (ViT `blocks`, timm `stages`, LLM `layers`).
@@ -120,23 +119,15 @@ class FSDPStrategy(Strategy):
             sharded[key] = value
         model.load_state_dict(sharded, strict=True)
 
-    def save(self, path_dir: str | Path, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> Path:
-        path_dir = Path(path_dir)
+    def _save_engine_state(self, path_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path_dir))
-        if self.is_main:
-            self._write_meta(path_dir, state)
-        barrier()
-        return path_dir
 
-    def load(self, path_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        path_dir = Path(path_dir)
-        state = self._read_meta(path_dir)
+    def _load_engine_state(self, path_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         loaded = {"model": model_sd, "optimizer": optim_sd}
         dcp.load(loaded, checkpoint_id=str(path_dir))  # reads this rank's shards, resharding if needed
         set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
-        return state
 
 
 @contextlib.contextmanager
