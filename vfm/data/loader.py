@@ -29,6 +29,8 @@ def build_loader(node: Any, path: str, data_cfg: Any, seed: int, train: bool, ra
         num_workers=data_cfg.num_workers,
         pin_memory=data_cfg.pin_memory,
         drop_last=train,
+        # Datasets with variable-size samples (detection) say how to batch them.
+        collate_fn=getattr(dataset, "collate_fn", None),
         # A private generator keeps worker seeding from consuming the global RNG, which would
         # otherwise shift dropout masks after a resume.
         generator=torch.Generator().manual_seed(seed),
