@@ -101,12 +101,17 @@ class DistConfig:
     """How the processes of a launch (torchrun, srun) train together."""
 
     strategy: str = "auto"
-    """auto (ddp when launched with several processes, else single), single, ddp or fsdp (FSDP2, sharded
-    checkpoint folders); deepspeed exists in vfm.engine.strategies but is not wired into the Trainer yet."""
+    """auto (ddp when launched with several processes, else single), single, ddp, fsdp (FSDP2, sharded
+    checkpoint folders) or deepspeed (ZeRO, DeepSpeed's checkpoint folders; the `deepspeed` extra)."""
     timeout_s: float = 1800.0
     """Rendezvous and collective timeout: a missing rank fails the run instead of hanging it."""
     find_unused_parameters: bool = False
     """DDP's option, for models whose forward skips some parameters."""
+    zero_stage: int = 1
+    """With deepspeed: ZeRO stage 0-3 (1 shards optimizer state, 2 also gradients, 3 also parameters)."""
+    deepspeed_config: Optional[Dict[str, Any]] = None
+    """With deepspeed: a raw DeepSpeed config merged over the one vfm generates (batch sizes, clipping and
+    precision come from data/train; experts may add e.g. offload settings here)."""
 
 
 @dataclass

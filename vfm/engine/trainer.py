@@ -36,7 +36,7 @@ from vfm.registry import DATASETS, EVALUATORS, HOOKS, OBJECTIVES, OPTIMIZERS, SC
 logger = logging.getLogger("vfm.train")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-TRAINER_STRATEGIES = ("auto", "single", "ddp", "fsdp")
+TRAINER_STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
 
 
 def validate_run_config(cfg: DictConfig) -> None:
@@ -66,10 +66,14 @@ def validate_run_config(cfg: DictConfig) -> None:
     _expect(cfg.data.batch_size >= 1, "data.batch_size", cfg.data.batch_size, ">= 1")
     _expect(cfg.eval.mode in ("max", "min"), "eval.mode", cfg.eval.mode, "max or min")
     _expect(cfg.dist.strategy in TRAINER_STRATEGIES, "dist.strategy", cfg.dist.strategy,
-            f"one of {', '.join(TRAINER_STRATEGIES)} (deepspeed is not wired into the Trainer yet)")
+            f"one of {', '.join(TRAINER_STRATEGIES)}")
     if cfg.dist.strategy == "fsdp":
         _expect(not cfg.ema.enabled, "ema.enabled", cfg.ema.enabled, "false with dist.strategy=fsdp (EMA of sharded weights is not supported yet)")
         _expect(train.precision != "fp16", "train.precision", train.precision, "fp32 or bf16 with dist.strategy=fsdp")
+    if cfg.dist.strategy == "deepspeed":
+        _expect(cfg.dist.zero_stage in (0, 1, 2, 3), "dist.zero_stage", cfg.dist.zero_stage, "0, 1, 2 or 3")
+        _expect(not (cfg.ema.enabled and cfg.dist.zero_stage == 3), "ema.enabled", cfg.ema.enabled,
+                "false with dist.zero_stage=3 (EMA of partitioned parameters is not supported)")
     _expect(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, ">= 1")
     if cfg.eval.metric is not None and (cfg.data.val is None or not cfg.eval.evaluators):
         raise ConfigError(f"eval.metric: {cfg.eval.metric!r} needs data.val and at least one eval.evaluators entry")
@@ -95,9 +99,13 @@ class Trainer:
         self.rank, self.world_size = get_rank(), get_world_size()
         self.is_main = self.rank == 0
         name = cfg.dist.strategy if cfg.dist.strategy != "auto" else ("ddp" if self.world_size > 1 else "single")
+        engine_options = {
+            "ddp": {"find_unused_parameters": cfg.dist.find_unused_parameters},
+            "deepspeed": {"zero_stage": cfg.dist.zero_stage, "deepspeed_config": cfg.dist.deepspeed_config},
+        }.get(name, {})
         self.strategy = build_strategy(name, precision=train.precision, grad_accum_steps=train.grad_accum_steps,
                                        micro_batch_size=cfg.data.batch_size, clip_grad_norm=train.clip_grad_norm,
-                                       **({"find_unused_parameters": cfg.dist.find_unused_parameters} if name == "ddp" else {}))
+                                       **engine_options)
         # The model is initialised from the same seed on every rank (FSDP shards it without a broadcast);
         # per-rank streams (dropout) start after the model is built.
         seed_everything(cfg.seed, cfg.deterministic)
@@ -139,11 +147,13 @@ class Trainer:
         self.objective = self.strategy.unwrap(self.model)  # the user's module: attributes, EMA, export
         seed_everything(cfg.seed + self.rank, cfg.deterministic)
         self.scheduler = (
-            SCHEDULERS.build(cfg.scheduler, "scheduler", optimizer=self.optimizer, total_steps=self.max_steps)
+            SCHEDULERS.build(cfg.scheduler, "scheduler", optimizer=self.strategy.scheduler_optimizer(self.optimizer),
+                             total_steps=self.max_steps)
             if cfg.scheduler is not None
             else None
         )
-        self.scaler = torch.amp.GradScaler(self.device.type) if train.precision == "fp16" else None
+        fp16_scaler = train.precision == "fp16" and not self.strategy.scales_fp16_loss
+        self.scaler = torch.amp.GradScaler(self.device.type) if fp16_scaler else None
         self.ema = self._build_ema() if cfg.ema.enabled else None
         self.evaluators = [EVALUATORS.build(node, f"eval.evaluators.{i}") for i, node in enumerate(cfg.eval.evaluators)]
         self.hooks: list[Hook] = [HOOKS.build(node, f"hooks.{i}") for i, node in enumerate(cfg.hooks)]
@@ -227,6 +237,8 @@ class Trainer:
             self.ema.update(self.objective, step=self.step)
         if grad_norm is not None:
             result["grad_norm"] = grad_norm.item()
+        elif self.cfg.train.clip_grad_norm is not None and (engine_norm := self.strategy.last_grad_norm()) is not None:
+            result["grad_norm"] = engine_norm  # the engine clipped inside its step (DeepSpeed)
         return result
 
     def _non_finite(self, loss_value: float) -> None:

@@ -49,6 +49,8 @@ class Strategy:
     reshardable = True
     # Whether model and optimizer state live in shards per rank (the Trainer then writes checkpoint folders).
     sharded_state = False
+    # Whether the engine scales fp16 losses itself (the Trainer then makes no GradScaler).
+    scales_fp16_loss = False
 
     def __init__(self, precision: str = "fp32", grad_accum_steps: int = 1, micro_batch_size: int = 1,
                  clip_grad_norm: float | None = None) -> None:
@@ -85,6 +87,14 @@ class Strategy:
     def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor | None:
         """Clip gradients to `max_norm`; the total norm before clipping, equal on all ranks."""
         return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+    def last_grad_norm(self) -> float | None:
+        """The gradient norm the engine computed in its own clipping, where `clip_grad_norm` returned None."""
+        return None
+
+    def scheduler_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The torch optimizer whose param groups an lr scheduler drives (an engine's wrapper may not be one)."""
+        return optimizer
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
         """Apply the accumulated gradients (through the fp16 `scaler` when given)."""

@@ -74,12 +74,18 @@ class DeepSpeedStrategy(Strategy):
 
     name = "deepspeed"
     sharded_state = True
+    scales_fp16_loss = True
 
     def __init__(self, *, zero_stage: int = 1, deepspeed_config: dict[str, Any] | None = None, **options) -> None:
         super().__init__(**options)
         if zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"dist.zero_stage: got {zero_stage!r}, expected 0, 1, 2 or 3")
         self.deepspeed = import_deepspeed()
+        if not torch.distributed.is_initialized():
+            # DeepSpeed needs a process group even for one process; without one it tries MPI discovery.
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asserts a launcher set it
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
         if deepspeed_config is not None and not isinstance(deepspeed_config, dict):  # an OmegaConf node from YAML
             from omegaconf import OmegaConf
 
@@ -141,6 +147,10 @@ class DeepSpeedStrategy(Strategy):
         """The global gradient norm DeepSpeed computed in the last optimizer step (None if unknown)."""
         norm = self._engine().get_global_grad_norm()
         return None if norm is None else float(norm)
+
+    def scheduler_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """ZeRO's optimizer wraps the torch one and shares its param groups: schedulers drive the inner one."""
+        return optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer.optimizer
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
         if scaler is not None:
