@@ -31,6 +31,8 @@ BUILTIN_MODULES = (
     "vfm.data.digits",
     "vfm.data.image_folder",
     "vfm.data.transforms",
+    "vfm.data.detection_transforms",
+    "vfm.data.coco",
     "vfm.engine.optim",
     "vfm.engine.schedulers",
     "vfm.engine.hooks",
