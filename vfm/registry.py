@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "vfm.engine.schedulers",
     "vfm.engine.hooks",
     "vfm.evaluation.accuracy",
+    "vfm.evaluation.coco",
 )
 PLUGIN_GROUP = "vfm.plugins"
 _loaded_builtins = False
