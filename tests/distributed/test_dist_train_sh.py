@@ -149,6 +149,10 @@ def test_slurm_torchrun_uses_the_first_host_and_a_job_port(tmp_path):
         "c10d",
         "--rdzv_endpoint",
         f"node03:{20000 + 123456 % 20000}",
+        "--signals-to-handle",  # torchrun forwards the preemption signal to its workers
+        "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+        "--shutdown-timeout",
+        "110",
         str(REPO / "tools" / "train.py"),
         "c.yaml",
         "resume=auto",

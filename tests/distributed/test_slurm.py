@@ -105,3 +105,35 @@ def test_sbatch_job_signalled_requeued_and_resumed(cluster, srun_run, tmp_path):
     assert steps(work) == [2, 4, 6, 8]
     reference, resumed = load_file(srun_run[0] / "model.safetensors"), load_file(work / "model.safetensors")
     assert all(torch.equal(reference[key], resumed[key]) for key in reference)
+
+
+def test_torchrun_layout_requeues_itself_after_preemption(cluster, srun_run, tmp_path):
+    """Layout B (sbatch tools/slurm_torchrun.sbatch: one task per node running torchrun with 2 workers): USR1 to the
+    batch shell only, as `--signal=B:USR1@120` sends it, makes the workers checkpoint and the script requeue its own
+    job; the second run resumes and ends bit-identical to layout A's uninterrupted run (same 2-rank DDP)."""
+    work, marker = tmp_path / "run", tmp_path / "at_step_3"
+    hook = f"hooks=[{{type: test_wait_for_signal_at_step, step: 3, marker: '{marker}'}}]"
+    submitted = cluster.run(
+        "sbatch", "--parsable", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", f"--chdir={REPO}",
+        f"--output={tmp_path}/slurm-%j.out", str(REPO / "tools" / "slurm_torchrun.sbatch"), str(TINY), VIT, SGD,
+        "data.batch_size=8", f"work_dir={work}", hook)
+    job = submitted.stdout.strip().split(";")[0]
+    log = tmp_path / f"slurm-{job}.out"
+
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{marker}.rank{rank}").exists() for rank in (0, 1)):
+        state = cluster.job_state(job).get("JobState")
+        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before step 3:\n" + (
+            log.read_text() if log.exists() else "") + cluster.logs()
+        assert time.monotonic() < deadline, "no worker reached step 3 in 120 s\n" + cluster.logs()
+        time.sleep(0.2)
+    cluster.run("scancel", "--batch", "--signal=USR1", job)  # the batch shell only, as B:USR1 would
+
+    done = cluster.wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180, restarts=1)
+    text = log.read_text()  # --open-mode=append keeps both runs' output
+    assert done["JobState"] == "COMPLETED", text[-3000:]
+    assert "requeueing job" in text and "stopped by SIGUSR1 after step 3" in text, text[-3000:]
+    assert "2 processes (torchrun)" in text and "at step 3" in text, text[-3000:]
+    assert steps(work) == [2, 4, 6, 8]
+    reference, resumed = load_file(srun_run[0] / "model.safetensors"), load_file(work / "model.safetensors")
+    assert all(torch.equal(reference[key], resumed[key]) for key in reference)
