@@ -140,7 +140,24 @@ def test_warmup_longer_than_the_run_warns_and_keeps_ramping(caplog):
 
 
 def test_scheduler_node_is_validated():
-    with pytest.raises(ConfigError, match=r"^scheduler: missing required argument 'milestones'"):
+    with pytest.raises(ConfigError, match=r"^scheduler: set exactly one of milestones"):
         SCHEDULERS.build({"type": "step", "total_steps": 10}, "scheduler", optimizer=make_optimizer())
     with pytest.raises(ConfigError, match=r"^scheduler.type: unknown schedulers type 'cosin' \(did you mean 'cosine'"):
         SCHEDULERS.build({"type": "cosin", "total_steps": 10}, "scheduler", optimizer=make_optimizer())
+
+
+def test_step_milestone_fractions_drop_at_that_fraction_of_the_run():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = SCHEDULERS.build({"type": "step", "milestone_fractions": [0.8]}, "scheduler", optimizer=optimizer,
+                                 total_steps=50)
+    lrs = []
+    for _ in range(50):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[39] == 1.0 and lrs[40] == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="exactly one of milestones"):
+        SCHEDULERS.build({"type": "step", "milestones": [3], "milestone_fractions": [0.5]}, "scheduler",
+                         optimizer=optimizer, total_steps=10)
+    with pytest.raises(ConfigError, match=r"milestone_fractions: got \[40\]"):
+        SCHEDULERS.build({"type": "step", "milestone_fractions": [40]}, "scheduler", optimizer=optimizer, total_steps=50)

@@ -49,18 +49,12 @@ def evaluate(model: nn.Module, loader: DataLoader, evaluators: list[Any], device
     return metrics
 
 
-
-
-def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> dict[str, float]:
-    """Build the objective and data.val of `cfg`, load `checkpoint` and evaluate it.
+def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> nn.Module:
+    """Build the objective of `cfg` and load `checkpoint` into it (on the GPU when there is one, in eval mode).
 
     `weights`: model, ema, or auto (the weights the run itself evaluated, for vfm checkpoints).
     """
     import_custom_modules(cfg.custom_imports)
-    if cfg.data.val is None or not cfg.eval.evaluators:
-        raise ConfigError("data.val / eval.evaluators: evaluation needs a validation dataset and at least one evaluator")
-    for i, node in enumerate(cfg.eval.evaluators):
-        EVALUATORS.validate(node, f"eval.evaluators.{i}")
     state = load_state_dict_file(checkpoint)
     is_run = state.get("format") == FORMAT
     if weights == "ema" and not (is_run and state.get("ema") is not None):
@@ -74,7 +68,18 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, weights: str = "auto")
             f"{checkpoint}: {len(result.missing_keys)} model keys missing from the file (e.g. {result.missing_keys[0]!r});"
             " is it a checkpoint of this config?"
         )
-    model.to(device)
+    return model.to(device).eval()
+
+
+def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> dict[str, float]:
+    """Build the objective and data.val of `cfg`, load `checkpoint` and evaluate it (`weights` as in load_objective)."""
+    import_custom_modules(cfg.custom_imports)
+    if cfg.data.val is None or not cfg.eval.evaluators:
+        raise ConfigError("data.val / eval.evaluators: evaluation needs a validation dataset and at least one evaluator")
+    for i, node in enumerate(cfg.eval.evaluators):
+        EVALUATORS.validate(node, f"eval.evaluators.{i}")
+    model = load_objective(cfg, checkpoint, weights)
+    device = next(model.parameters()).device
     loader = build_loader(cfg.data.val, "data.val", cfg.data, cfg.seed, train=False)
     evaluators = [EVALUATORS.build(node, f"eval.evaluators.{i}") for i, node in enumerate(cfg.eval.evaluators)]
     return evaluate(model, loader, evaluators, device)

@@ -14,6 +14,8 @@ from omegaconf import MISSING
 class DataConfig:
     """Datasets and loaders."""
 
+    root: Optional[str] = None
+    """Dataset root folder; dataset nodes refer to it as ${data.root} (e.g. data.root=/data/coco)."""
     train: Dict[str, Any] = MISSING
     """Training dataset node (`type` from the datasets registry)."""
     val: Optional[Dict[str, Any]] = None

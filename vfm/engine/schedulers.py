@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -67,9 +68,24 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
     return LambdaLR(optimizer, CosineSchedule(total_steps, warmup_steps, warmup_start_factor, min_lr_ratio))
 
 
-@SCHEDULERS.register("step")
-def step(optimizer: torch.optim.Optimizer, total_steps: int, milestones: list[int], gamma: float = 0.1, warmup_steps: int = 0, warmup_start_factor: float = 0.001) -> LambdaLR:
-    """Linear warmup then step decay at `milestones`."""
+def _check_step(kwargs: dict[str, Any], path: str) -> None:
+    if (kwargs.get("milestones") is None) == (kwargs.get("milestone_fractions") is None):
+        raise ConfigError(f"{path}: set exactly one of milestones (steps) and milestone_fractions (of total_steps)")
+    bad = [f for f in kwargs.get("milestone_fractions") or [] if not 0.0 < f < 1.0]
+    if bad:
+        raise ConfigError(f"{path}.milestone_fractions: got {bad}, expected values in (0, 1)")
+
+
+@SCHEDULERS.register("step", check=_check_step)
+def step(optimizer: torch.optim.Optimizer, total_steps: int, milestones: list[int] | None = None, gamma: float = 0.1,
+         warmup_steps: int = 0, warmup_start_factor: float = 0.001, milestone_fractions: list[float] | None = None) -> LambdaLR:
+    """Linear warmup then step decay at `milestones` (optimizer steps) or `milestone_fractions` of total_steps.
+
+    Fractions suit epoch-based runs whose step count depends on the dataset: Deformable DETR's drop at
+    epoch 40 of 50 is `milestone_fractions: [0.8]`.
+    """
+    if milestone_fractions is not None:
+        milestones = [round(f * total_steps) for f in milestone_fractions]
     return LambdaLR(optimizer, StepSchedule(total_steps, milestones, gamma, warmup_steps, warmup_start_factor))
 
 
