@@ -28,6 +28,7 @@ T = TypeVar("T", bound=Callable[..., Any])
 BUILTIN_MODULES = (
     "vfm.models.backbones.timm_backbone",
     "vfm.objectives.classification",
+    "vfm.objectives.detection",
     "vfm.data.digits",
     "vfm.data.image_folder",
     "vfm.data.transforms",
