@@ -72,7 +72,7 @@ def test_both_objectives_are_registered():
     ("change", "message"),
     [
         ({"two_stage": True}, r"^objective.two_stage: true needs with_box_refine: true"),
-        ({"d_model": 48, "num_heads": 4}, r"^d_model: 48 is not divisible by 32 GroupNorm groups"),
+        ({"d_model": 48, "num_heads": 4}, r"^objective.d_model: 48 is not divisible by 32 GroupNorm groups"),
         ({"num_heads": 5}, r"^objective.num_heads: d_model 64 is not divisible by num_heads 5"),
         ({"num_feature_levels": 2}, r"^objective.num_feature_levels: 2 is fewer than the 3 backbone out_indices"),
         ({"backbone": {"name": "test_resnet", "pretrained": "x.pth"}}, r"^objective.backbone.pretrained: unknown backbone key \(did you mean 'pretrained_path'"),

@@ -47,6 +47,7 @@ class _SetPredictionObjective(nn.Module):
         images = batch["images"]
         targets = [_to_device(t, images.device) for t in batch["targets"]]
         losses = self.criterion(self.model(images, batch["masks"]), targets)
+        # Log the final layer and the two-stage proposals; per-layer aux losses (suffix _0, _1, ...) only add noise.
         logged = {k: v.detach() for k, v in losses.items() if k != "loss" and not k[-1].isdigit()}
         return {"loss": losses["loss"], **logged}
 

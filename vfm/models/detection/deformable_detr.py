@@ -15,11 +15,11 @@ from vfm.models.detection.detr import FOCAL_PRIOR_BIAS, MLP
 from vfm.models.detection.position_encoding import sine_position_embedding
 
 
-def group_norm_groups(d_model: int) -> int:
+def group_norm_groups(d_model: int, path: str = "d_model") -> int:
     """GroupNorm groups of the input projections: 32 as in the paper, fewer for d_model < 32."""
     groups = min(32, d_model)
     if d_model % groups:
-        raise ConfigError(f"d_model: {d_model} is not divisible by {groups} GroupNorm groups; use a multiple of 32")
+        raise ConfigError(f"{path}: {d_model} is not divisible by {groups} GroupNorm groups; use a multiple of 32")
     return groups
 
 
@@ -38,7 +38,7 @@ def check_deformable_args(
         raise ConfigError(f"{path}.num_heads: d_model {d_model} is not divisible by num_heads {num_heads}")
     if (d_model // 2) % 2:
         raise ConfigError(f"{path}.d_model: {d_model} must be a multiple of 4 (sine position embedding)")
-    group_norm_groups(d_model)
+    group_norm_groups(d_model, f"{path}.d_model")
     if num_feature_levels < num_backbone_levels:
         raise ConfigError(
             f"{path}.num_feature_levels: {num_feature_levels} is fewer than the {num_backbone_levels} backbone "
