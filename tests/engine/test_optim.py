@@ -131,6 +131,13 @@ def test_lr_mult_first_matching_pattern_wins(vit):
     assert groups["head.weight"]["lr"] == 0.5
 
 
+def test_null_lr_mult_removes_a_pattern(vit):
+    # a variant config cancels a base pattern that names a layer it lacks, instead of tripping the unused check
+    groups = by_name(build_param_groups(vit, lr=0.5, weight_decay=0.0, lr_mult={"encoder.*": None, "head.*": 0.1}))
+    assert groups["head.weight"]["lr_scale"] == 0.1
+    assert groups["backbone.pos_embed"]["lr_scale"] == 1.0
+
+
 def test_unused_lr_mult_pattern_is_an_error(vit):
     # a pattern shadowed by an earlier one never wins, so it is reported as unused
     with pytest.raises(

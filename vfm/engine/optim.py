@@ -49,20 +49,22 @@ def build_param_groups(
 
     - weight decay 0 for 1-d parameters (norms, biases), names a module's `no_weight_decay()` lists,
       and names matching the `no_weight_decay` patterns;
-    - `lr_mult` maps fnmatch patterns to lr multipliers (the first matching pattern wins);
+    - `lr_mult` maps fnmatch patterns to lr multipliers (the first matching pattern wins; a null multiplier
+      removes a pattern a base config set, e.g. one naming a layer this variant lacks);
     - `layer_decay` scales each backbone layer's lr by decay ** (top layer - layer), timm-style.
     """
     skip = _no_weight_decay_names(model)
     patterns = list(no_weight_decay or [])
     layer_of, top_layer = _layer_ids(model) if layer_decay is not None else ({}, 0)
-    unused = set(lr_mult or {})
+    lr_mult = {pattern: mult for pattern, mult in (lr_mult or {}).items() if mult is not None}
+    unused = set(lr_mult)
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = 0.0 if (param.ndim <= 1 or name in skip or any(fnmatch.fnmatch(name, p) for p in patterns)) else weight_decay
         scale = 1.0
-        for pattern, mult in (lr_mult or {}).items():
+        for pattern, mult in lr_mult.items():
             if fnmatch.fnmatch(name, pattern):
                 scale = float(mult)
                 unused.discard(pattern)
