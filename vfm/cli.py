@@ -112,6 +112,31 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _visualize(args: argparse.Namespace, overrides: list[str]) -> int:
+    from vfm.config import load_config
+    from vfm.engine.run_config import RunConfig
+    from vfm.evaluation.visualize_detections import visualize
+
+    cfg = load_config(args.config, overrides, RunConfig)
+    _setup_logging()
+    written = visualize(cfg, args.checkpoint, args.images, args.out, args.score_threshold, args.weights)
+    print(f"wrote {len(written)} image(s) to {args.out}")
+    return 0
+
+
+def visualize_main(argv: Sequence[str] | None = None) -> int:
+    """`visualize_detections.py CONFIG CHECKPOINT IMAGE_OR_DIR --out DIR`: draw a detector's boxes on images."""
+    parser = argparse.ArgumentParser(prog="visualize_detections.py", description="Draw a detector's predictions as PNGs.")
+    parser.add_argument("config", help="YAML config of the detector (e.g. the config.yaml a run wrote)")
+    parser.add_argument("checkpoint", help=".pt checkpoint or .safetensors weights")
+    parser.add_argument("images", help="an image file or a folder of images")
+    parser.add_argument("--out", default="vis", help="output folder for the PNGs (default: vis)")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="draw boxes scoring at least this")
+    parser.add_argument("--weights", choices=["auto", "model", "ema"], default="auto",
+                        help="which weights of a training checkpoint to use (auto: those the run evaluated)")
+    return _run(_visualize, parser, argv)
+
+
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`vfm-eval CONFIG CHECKPOINT [key=value ...]`: evaluate weights on the config's data.val."""
     parser = argparse.ArgumentParser(prog="eval.py", description="Evaluate a checkpoint on the config's data.val.")
