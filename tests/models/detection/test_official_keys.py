@@ -100,3 +100,39 @@ def test_unknown_and_inconsistent_keys_are_reported():
         convert_official_deformable_detr(shared_but_different)
     with pytest.raises(CheckpointError, match="no 'transformer.decoder.layers"):
         convert_official_deformable_detr({"backbone.0.body.conv1.weight": torch.zeros(1)})
+
+
+def test_official_file_converts_for_load_from_with_coco_class_rows(tmp_path):
+    """tools/convert_official_deformable_detr.py: an official-layout .pth with raw-id class rows becomes a
+    safetensors file that loads strictly into the objective with the annotation file's contiguous classes."""
+    import json
+
+    from conftest import run_tool
+    from vfm.engine.checkpoint import load_state_dict_file
+    from vfm.registry import OBJECTIVES
+
+    torch.manual_seed(0)
+    official_model = DeformableDETR({"name": "test_resnet", "out_indices": [2, 3, 4], "freeze_bn": True}, num_classes=5,
+                                    d_model=32, num_heads=4, num_encoder_layers=NUM_ENCODER,
+                                    num_decoder_layers=NUM_DECODER, dim_feedforward=64, num_queries=8,
+                                    num_feature_levels=NUM_LEVELS, num_points=2).eval()  # fmt: skip
+    source, destination, ann = tmp_path / "official.pth", tmp_path / "vfm.safetensors", tmp_path / "ann.json"
+    torch.save({"model": convert_to_official_deformable_detr(official_model.state_dict()), "epoch": 49}, source)
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 3}, {"id": 1}]}))
+    result = run_tool("convert_official_deformable_detr", source, destination, "--ann-file", ann, check=True)
+    assert "wrote" in result.stdout
+
+    objective = OBJECTIVES.build({
+        "type": "deformable_detr", "num_classes": 2, "backbone": {"name": "test_resnet", "freeze_bn": True},
+        "d_model": 32, "num_heads": 4, "num_encoder_layers": NUM_ENCODER, "num_decoder_layers": NUM_DECODER,
+        "dim_feedforward": 64, "num_queries": 8, "num_feature_levels": NUM_LEVELS, "num_points": 2}, "objective").eval()
+    objective.load_state_dict(load_state_dict_file(destination), strict=True)
+    images, masks = batch()
+    with torch.no_grad():
+        expected, got = official_model(images, masks), objective.model(images, masks)
+    # contiguous label 0 = id 1, label 1 = id 3 (a 2-row GEMM may round differently from a 5-row one)
+    torch.testing.assert_close(got["pred_logits"], expected["pred_logits"][..., [1, 3]], rtol=1e-5, atol=1e-6)
+    assert torch.equal(got["pred_boxes"], expected["pred_boxes"])
+
+    broken = run_tool("convert_official_deformable_detr", tmp_path / "missing.pth", destination)
+    assert broken.returncode == 2 and "missing.pth: checkpoint file not found" in broken.stderr

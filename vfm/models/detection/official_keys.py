@@ -23,8 +23,10 @@ their files load strictly into models built with `freeze_bn: true` (no `num_batc
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -162,3 +164,38 @@ def convert_to_official_deformable_detr(
 def _decoder_holds(kind: str, refine: bool, two_stage: bool) -> bool:
     """Whether the official decoder keeps a reference to this head list (box heads for refinement, all for two-stage)."""
     return two_stage or (refine and kind == "bbox_embed")
+
+
+_CLASS_ROWS = re.compile(r"(^|\.)(class_heads\.\d+|encoder_class_head)\.(weight|bias)$")
+
+
+def select_class_rows(state_dict: Mapping[str, Tensor], rows: list[int]) -> dict[str, Tensor]:
+    """Keep classifier rows `rows` (in that order): official COCO heads have one row per raw category id (91),
+    ours one per contiguous label, i.e. `rows` = the annotation file's sorted category ids."""
+    selected = dict(state_dict)
+    for key, value in state_dict.items():
+        if _CLASS_ROWS.search(key):
+            if max(rows) >= value.shape[0]:
+                raise CheckpointError(f"{key}: {value.shape[0]} class rows, cannot select row {max(rows)}")
+            selected[key] = value[rows].clone()
+    return selected
+
+
+def convert_official_checkpoint_file(source: str | Path, destination: str | Path,
+                                     ann_file: str | Path | None = None) -> dict[str, Tensor]:
+    """Official Deformable DETR checkpoint file -> a safetensors file that `load_from` and tools/eval.py accept.
+
+    Keys get the objective's `model.` prefix; with `ann_file` (COCO-format) the class rows are reduced to that
+    file's categories in our contiguous order.
+    """
+    from vfm.engine.checkpoint import load_state_dict_file, save_safetensors
+
+    converted = convert_official_deformable_detr(load_state_dict_file(source), prefix="model.")
+    if ann_file is not None:
+        try:
+            category_ids = sorted(int(c["id"]) for c in json.loads(Path(ann_file).read_text())["categories"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{ann_file}: cannot read the category ids ({type(error).__name__}: {error})") from error
+        converted = select_class_rows(converted, category_ids)
+    save_safetensors(converted, Path(destination))
+    return converted
