@@ -104,3 +104,11 @@ def test_missing_image_is_an_error_naming_the_file(shapes, tmp_path):
     result = run_tool("train", CONFIG, f"data.root={copy}", f"work_dir={tmp_path / 'run'}", *SHORT)
     assert result.returncode == 2
     assert str(gone) in result.stderr and "not found" in result.stderr
+
+
+def test_too_few_classes_for_the_dataset_is_a_config_error(shapes, tmp_path):
+    result = run_tool("train", CONFIG, f"data.root={shapes}", "objective.num_classes=2", f"work_dir={tmp_path}", *SHORT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: objective.num_classes: got 2, but data.train ({shapes / 'annotations' / 'train.json'}) has 3 "
+        "categories; set objective.num_classes=3")

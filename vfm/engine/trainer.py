@@ -133,6 +133,10 @@ class Trainer:
             if cfg.data.val is not None
             else None
         )
+        if hasattr(objective, "check_dataset"):  # the objective refuses data it cannot use, before any work
+            for path, loader in (("data.train", self.train_loader), ("data.val", self.val_loader)):
+                if loader is not None:
+                    objective.check_dataset(getattr(loader.dataset, "dataset", loader.dataset), path)
         steps_per_epoch = len(self.train_loader) // self.accum
         if steps_per_epoch == 0:
             raise DataError(

@@ -42,6 +42,14 @@ class _SetPredictionObjective(nn.Module):
     focal: bool
     num_top_detections: int
 
+    def check_dataset(self, dataset: Any, path: str) -> None:
+        """Refuse a dataset whose labels do not fit the classifier (it would fail mid-step with an index error)."""
+        dataset_classes = getattr(dataset, "num_classes", None)
+        if dataset_classes is not None and dataset_classes > self.criterion.num_classes:
+            where = getattr(dataset, "ann_file", type(dataset).__name__)
+            raise ConfigError(f"objective.num_classes: got {self.criterion.num_classes}, but {path} ({where}) has "
+                              f"{dataset_classes} categories; set objective.num_classes={dataset_classes}")
+
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """{"loss", plus detached final-layer (and two-stage `_enc`) class, L1 and GIoU losses}."""
         images = batch["images"]
