@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Deformable DETR vs the dense-attention DETR control on the shapes set at an equal CPU budget.
 
-Trains every (model, seed) with tools/train.py, reads each run's metrics.jsonl and writes a JSON summary and a
-PNG of AP50 / AP / AP_small against steps (mean over seeds, min-max band):
+Trains every (model, seed) with tools/train.py, reads each run's metrics.jsonl and writes a PNG of AP50 / AP /
+AP_small against steps (mean over seeds, min-max band) and a JSON summary beside it:
 
     python tools/reproduce_shapes_detection.py --out runs/shapes_repro          # 3 seeds x 2 models, ~45 min
     python tools/reproduce_shapes_detection.py --seeds 0 --steps 1000 --out /tmp/quick
+    python tools/reproduce_shapes_detection.py --models deformable_detr,deformable_refine,deformable_k1,\
+        deformable_single_scale --seeds 0 --out runs/shapes_repro                # one-change ablations
     python tools/reproduce_shapes_detection.py --out runs/shapes_repro --summarize-only
 
 The shapes set is generated under --data when it is missing (2000 train / 200 val images, seed 0).
@@ -22,9 +24,21 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DEFORMABLE = REPO / "configs" / "deformable_detr" / "deformable_detr_tiny_shapes.yaml"
+# name: (config, overrides). The ablations change one thing of the tiny Deformable DETR each.
 MODELS = {
-    "deformable_detr": REPO / "configs" / "deformable_detr" / "deformable_detr_tiny_shapes.yaml",
-    "detr": REPO / "configs" / "detr" / "detr_tiny_shapes.yaml",
+    "deformable_detr": (DEFORMABLE, []),
+    "detr": (REPO / "configs" / "detr" / "detr_tiny_shapes.yaml", []),
+    "deformable_refine": (DEFORMABLE, ["objective.with_box_refine=true"]),
+    "deformable_k1": (DEFORMABLE, ["objective.num_points=1"]),
+    "deformable_single_scale": (DEFORMABLE, ["objective.backbone.out_indices=[2]", "objective.num_feature_levels=1"]),
+}
+LABELS = {
+    "deformable_detr": "Deformable DETR (tiny)",
+    "detr": "DETR control (dense attention)",
+    "deformable_refine": "+ iterative box refinement",
+    "deformable_k1": "1 sampling point (K=1)",
+    "deformable_single_scale": "single scale (8x8 only)",
 }
 METRICS = ("bbox_AP50", "bbox_AP", "bbox_APs", "bbox_APm")
 
@@ -74,7 +88,7 @@ def plot(summary: dict, path: Path) -> None:
             steps = [r["step"] for r in data["curve"]]
             mean = [100 * r[metric]["mean"] for r in data["curve"]]
             low, high = [100 * r[metric]["min"] for r in data["curve"]], [100 * r[metric]["max"] for r in data["curve"]]
-            label = {"deformable_detr": "Deformable DETR (tiny)", "detr": "DETR control (dense attention)"}[model]
+            label = LABELS[model]
             ax.plot(steps, mean, marker="o", markersize=3, label=f"{label}, {len(data['seeds'])} seeds")
             ax.fill_between(steps, low, high, alpha=0.2)
         ax.set_title(metric.replace("bbox_", "") + " on shapes val (200 images)")
@@ -93,8 +107,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "shapes_repro", help="run folders and summary")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default OUT/shapes_repro.png)")
+    parser.add_argument("--models", default="deformable_detr,detr", help=f"comma-separated subset of {list(MODELS)}")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="PNG path (default OUT/shapes_repro.png); the summary JSON is written beside it")
     parser.add_argument("--summarize-only", action="store_true", help="only read finished runs and plot")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -112,15 +127,17 @@ def main() -> int:
             for model in models:
                 work = args.out / f"{model}_seed{seed}"
                 print(f"training {model} seed {seed} -> {work}", flush=True)
-                subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), str(MODELS[model]),
+                config, overrides = MODELS[model]
+                subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), str(config), *overrides,
                                 f"data.root={args.data}", f"seed={seed}", f"train.max_steps={args.steps}",
                                 f"work_dir={work}", "resume=auto", "train.progress_bar=never"],
                                check=True, env=env, stdout=subprocess.DEVNULL)
     curves = {m: {s: val_curve(args.out / f"{m}_seed{s}") for s in seeds} for m in models}
     summary = summarize(curves)
     summary["command"] = " ".join(["python", *sys.argv])
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(summary, args.plot or args.out / "shapes_repro.png")
+    png = args.plot or args.out / "shapes_repro.png"
+    plot(summary, png)
+    png.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     for model, data in summary["models"].items():
         final = data["final"]
         print(f"{model:>16} step {final['step']}: " + ", ".join(

@@ -47,6 +47,17 @@ def steps(work_dir: Path) -> list[int]:
     return sorted({record["step"] for record in records if record.get("split") == "train"})
 
 
+def wait_for_markers(cluster: SlurmCluster, job: str, marker: Path, log: Path, timeout: float = 120) -> None:
+    """Wait until both ranks of `job` have touched `marker`.rank<N> (test_wait_for_signal_at_step)."""
+    deadline = time.monotonic() + timeout
+    while not all(Path(f"{marker}.rank{rank}").exists() for rank in (0, 1)):
+        state = cluster.job_state(job).get("JobState")
+        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before the marker step:\n" + (
+            log.read_text() if log.exists() else "") + cluster.logs()
+        assert time.monotonic() < deadline, f"no rank touched {marker} in {timeout:g} s\n" + cluster.logs()
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def srun_run(cluster, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """slurm_train.sh started from a login shell: srun allocates and starts 2 tasks."""
@@ -81,13 +92,7 @@ def test_sbatch_job_signalled_requeued_and_resumed(cluster, srun_run, tmp_path):
     job = submitted.stdout.strip().split(";")[0]
     log = tmp_path / f"slurm-{job}.out"
 
-    deadline = time.monotonic() + 120
-    while not all(Path(f"{marker}.rank{rank}").exists() for rank in (0, 1)):
-        state = cluster.job_state(job).get("JobState")
-        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before step 3:\n" + (
-            log.read_text() if log.exists() else "") + cluster.logs()
-        assert time.monotonic() < deadline, "no rank reached step 3 in 120 s\n" + cluster.logs()
-        time.sleep(0.2)
+    wait_for_markers(cluster, job, marker, log)
     cluster.run("scancel", "--signal=USR1", job)  # to the job's steps: slurmstepd signals both srun tasks
 
     first = cluster.wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120, restarts=0)
@@ -120,13 +125,7 @@ def test_torchrun_layout_requeues_itself_after_preemption(cluster, srun_run, tmp
     job = submitted.stdout.strip().split(";")[0]
     log = tmp_path / f"slurm-{job}.out"
 
-    deadline = time.monotonic() + 120
-    while not all(Path(f"{marker}.rank{rank}").exists() for rank in (0, 1)):
-        state = cluster.job_state(job).get("JobState")
-        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before step 3:\n" + (
-            log.read_text() if log.exists() else "") + cluster.logs()
-        assert time.monotonic() < deadline, "no worker reached step 3 in 120 s\n" + cluster.logs()
-        time.sleep(0.2)
+    wait_for_markers(cluster, job, marker, log)
     cluster.run("scancel", "--batch", "--signal=USR1", job)  # the batch shell only, as B:USR1 would
 
     done = cluster.wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180, restarts=1)
