@@ -251,3 +251,14 @@ def test_registry_and_loader_batch_through_seeded_dataset(root):
     assert [t["image_id"].item() for t in evaluation["targets"]] == [10, 20, 30]
     with pytest.raises(Exception, match=r"data\.train\.transforms\.0\.type: unknown detection_transforms type"):
         DATASETS.build({**node, "transforms": [{"type": "flip"}]}, "data.train")
+
+
+def test_loader_error_names_the_node_then_the_file(tmp_path):
+    from omegaconf import OmegaConf
+
+    from vfm.data.loader import build_loader
+
+    node = {"type": "coco_detection", "root": str(tmp_path), "ann_file": "annotations/train.json", "img_folder": "train"}
+    data_cfg = OmegaConf.create({"batch_size": 2, "val_batch_size": None, "num_workers": 0, "pin_memory": False})
+    with pytest.raises(DataError, match=rf"^data\.train: {tmp_path}/annotations/train\.json: annotation file not found$"):
+        build_loader(node, "data.train", data_cfg, seed=0, train=True)

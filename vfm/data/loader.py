@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -17,7 +18,10 @@ def build_loader(node: Any, path: str, data_cfg: Any, seed: int, train: bool, ra
     try:
         dataset = DATASETS.build(node, path)
     except DataError as error:
-        raise DataError(f"{path}.{error}") from error
+        # "root: ..." from the dataset names one of its keys: "data.train.root: ..."; other messages (a file
+        # path first) read better after the node's path: "data.train: /data/x.json: ...".
+        joined = f"{path}.{error}" if re.match(r"[A-Za-z_][\w.]*: ", str(error)) else f"{path}: {error}"
+        raise DataError(joined) from error
     if len(dataset) == 0:
         raise DataError(f"{path}: dataset is empty")
     # Evaluation shards without padding, so metrics summed over ranks count each sample once.
