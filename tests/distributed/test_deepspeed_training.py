@@ -74,3 +74,11 @@ def test_deepspeed_resumes_exactly_and_refuses_another_world_size(tmp_path):
     one = run_tool("train", TINY, VIT, SGD, *options, "data.batch_size=16", f"work_dir={straight}", "resume=auto")
     assert one.returncode == 2
     assert "cannot resume with world size 1" in one.stderr and "ds_to_universal" in one.stderr
+
+
+def test_deepspeed_in_one_process_matches_the_single_strategy(reference, tmp_path):
+    """Without a launcher vfm gives DeepSpeed a one-rank process group (it would look for MPI otherwise)."""
+    result = run_tool("train", TINY, VIT, SGD, "dist.strategy=deepspeed", "dist.zero_stage=1", *COMMON,
+                      "ema.enabled=true", "data.batch_size=16", f"work_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(load_file(tmp_path / "model.safetensors"), reference[True])

@@ -81,11 +81,6 @@ class DeepSpeedStrategy(Strategy):
         if zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"dist.zero_stage: got {zero_stage!r}, expected 0, 1, 2 or 3")
         self.deepspeed = import_deepspeed()
-        if not torch.distributed.is_initialized():
-            # DeepSpeed needs a process group even for one process; without one it tries MPI discovery.
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asserts a launcher set it
-            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
         if deepspeed_config is not None and not isinstance(deepspeed_config, dict):  # an OmegaConf node from YAML
             from omegaconf import OmegaConf
 
@@ -118,6 +113,12 @@ class DeepSpeedStrategy(Strategy):
     # ---------------------------------------------------------------------------------------- wrap
     def wrap(self, model: nn.Module, build_optimizer: BuildOptimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
         optimizer = build_optimizer(model)
+        if not torch.distributed.is_initialized():
+            # DeepSpeed needs a process group even for one process (without one it tries MPI discovery), and it
+            # reads LOCAL_RANK throughout the run; the caller's destroy_process_group ends the group with the run.
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+            os.environ.setdefault("LOCAL_RANK", "0")
         engine, ds_optimizer, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
         self.engine = engine
         return engine, ds_optimizer
