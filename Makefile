@@ -18,7 +18,7 @@ quickstart: setup
 	$(BIN)/python tools/train.py configs/quickstart.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check vfm tools benchmarks tests
