@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import REPO
 from vfm.config import load_config
@@ -19,7 +20,10 @@ CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "_base_" not i
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])
 def test_config_loads_and_validates(path: Path):
     cfg = load_config(path, [], RunConfig)
-    validate_run_config(cfg)  # every registry node, type and setting, before any data is read
+    validate_run_config(cfg)  # raises on any bad registry node, type or setting, before any data is read
+    assert cfg.objective.type in OBJECTIVES
+    # Every interpolation (${data.root}, ...) resolves: no literal "${" is left in the resolved config.
+    assert "${" not in OmegaConf.to_yaml(cfg, resolve=True)
 
 
 # Parameter counts from the README of fundamentalvision/Deformable-DETR (DETR: its table's 41M). Ours have
