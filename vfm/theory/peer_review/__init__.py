@@ -1,6 +1,7 @@
 """Peer-review mechanisms (Su 2021; Zhang, Schoenebeck, Su 2024): models, mechanisms, exact and simulated
 expectations, threshold optimisation, incentive checks and Gaussian sweeps. numpy and scipy only."""
 
+from vfm.theory.peer_review import plots
 from vfm.theory.peer_review.estimate import (
     Estimate,
     exact_reviews,
@@ -20,6 +21,7 @@ from vfm.theory.peer_review.reviews import GaussianReview, ReviewModel, SoftmaxR
 from vfm.theory.peer_review.sweep import CellResult, gap_closed, gaussian_burden, gaussian_cell, relative_burden
 from vfm.theory.peer_review.thresholds import (
     ThresholdResult,
+    isotonic_curve,
     optimize_isotonic,
     optimize_parallel,
     optimize_sequential,
@@ -41,7 +43,7 @@ __all__ = [
     "Probabilities", "QualityPrior", "ReviewModel", "ScoreUtility", "SequentialThreshold", "SoftmaxReview",
     "ThresholdResult", "above_utility", "best_response", "count_utility", "exact_reviews", "exact_utility",
     "expected_reviews", "expected_utility", "exponential_score_utility", "gap_closed", "gaussian_burden",
-    "gaussian_cell", "is_truthful", "isotonic_adjust", "optimize_isotonic", "optimize_parallel",
+    "gaussian_cell", "is_truthful", "isotonic_adjust", "isotonic_curve", "optimize_isotonic", "optimize_parallel",
     "optimize_sequential", "parallel_optimal_threshold", "parallel_prior_utility", "relative_burden",
-    "shifted_quality", "simulate", "truthful_order", "utility_curve",
+    "plots", "shifted_quality", "simulate", "truthful_order", "utility_curve",
 ]

@@ -99,6 +99,16 @@ def optimize_sequential(quality: np.ndarray, review: ReviewModel, utility: Addit
                            per_draw, reviews)
 
 
+def isotonic_curve(quality: np.ndarray, review: ReviewModel, rng: np.random.Generator, thresholds: np.ndarray,
+                   utility: AdditiveUtility | None = None, order: np.ndarray | None = None) -> np.ndarray:
+    """Simulated mean utility of the isotonic mechanism at each threshold (one noise draw per author, shared)."""
+    utility = utility or shifted_quality()
+    quality = np.atleast_2d(quality)
+    adjusted = isotonic_adjust(review.sample(quality, rng), order)
+    worth = utility.per_paper(quality)
+    return np.array([((adjusted >= t) * worth).sum(axis=1).mean() for t in thresholds])
+
+
 def optimize_isotonic(quality: np.ndarray, review: ReviewModel, rng: np.random.Generator,
                       utility: AdditiveUtility | None = None, order: np.ndarray | None = None,
                       bounds: tuple[float, float] = (-4.0, 4.0), step: float = 0.05,
