@@ -4,33 +4,18 @@ OUT.safetensors [--ann-file instances_val2017.json]; then train with load_from=O
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from vfm.errors import VfmError
-from vfm.models.detection.official_keys import convert_official_checkpoint_file
-
-EXIT_USAGE = 2
+from vfm.models.detection.conversion import converter_main
+from vfm.models.detection.official_keys import official_deformable_detr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the arguments, convert, and turn a `VfmError` into one line on stderr with exit status 2."""
-    parser = argparse.ArgumentParser(prog="convert_official_deformable_detr.py", description=__doc__.split(":")[0] + ".")
-    parser.add_argument("source", help="checkpoint in the fundamentalvision/Deformable-DETR layout (.pth)")
-    parser.add_argument("destination", help="output .safetensors with vfm's keys")
-    parser.add_argument("--ann-file", help="COCO annotation file: keep its categories' class rows (91 raw ids -> 80)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    args = parser.parse_args(argv)
-    try:
-        converted = convert_official_checkpoint_file(args.source, args.destination, args.ann_file)
-    except VfmError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"wrote {len(converted)} tensors to {args.destination}")
-    return 0
+    """Convert SRC to DST; a `VfmError` is one line on stderr with exit status 2."""
+    return converter_main(argv, "convert_official_deformable_detr.py", __doc__.split(":")[0] + ".",
+                          "checkpoint in the fundamentalvision/Deformable-DETR layout (.pth)",
+                          official_deformable_detr)  # fmt: skip
 
 
 if __name__ == "__main__":

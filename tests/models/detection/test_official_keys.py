@@ -91,7 +91,7 @@ def test_prefix_targets_the_objective_and_shared_heads_collapse():
 
 def test_unknown_and_inconsistent_keys_are_reported():
     official = convert_to_official_deformable_detr(tiny_model(0).state_dict())
-    with pytest.raises(CheckpointError, match=r"unknown keys transformer\.mystery\.weight, backbone\.1\.x"):
+    with pytest.raises(CheckpointError, match=r"unknown keys backbone\.1\.x, transformer\.mystery\.weight"):
         convert_official_deformable_detr(
             {**official, "transformer.mystery.weight": torch.zeros(1), "backbone.1.x": torch.zeros(1)}
         )

@@ -55,6 +55,7 @@ class DetectionBackbone(nn.Module):
         freeze_bn: replace BatchNorm2d by FrozenBatchNorm2d (after loading the weights).
         train_stem_and_layer1: with pretrained weights the stem and first stage are frozen, as in the paper,
             unless this is True; without pretrained weights everything trains.
+        output_stride: timm's dilation option; 16 dilates the last stage instead of striding it (DETR-DC5).
     """
 
     def __init__(
@@ -64,9 +65,13 @@ class DetectionBackbone(nn.Module):
         pretrained_path: str | None = None,
         freeze_bn: bool = False,
         train_stem_and_layer1: bool = False,
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
-        self.body = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), pretrained=False)
+        dilation = {} if output_stride is None else {"output_stride": output_stride}
+        self.body = timm.create_model(
+            name, features_only=True, out_indices=tuple(out_indices), pretrained=False, **dilation
+        )
         if pretrained_path:
             self._load(name, pretrained_path)
         if freeze_bn:
@@ -133,9 +138,13 @@ def check_backbone_node(node: Any, path: str = "backbone") -> None:
     for key in ("freeze_bn", "train_stem_and_layer1"):
         if key in node and not isinstance(node[key], bool):
             raise ConfigError(f"{path}.{key}: expected bool, got {node[key]!r}")
+    output_stride = node.get("output_stride")
+    if output_stride is not None and output_stride not in (8, 16, 32):
+        raise ConfigError(f"{path}.output_stride: expected 8, 16 or 32 (or null), got {output_stride!r}")
+    dilation = {} if output_stride is None else {"output_stride": output_stride}
     try:  # on the meta device: checks the indices without memory or weights
         with torch.device("meta"):
-            timm.create_model(name, features_only=True, out_indices=tuple(indices), pretrained=False)
+            timm.create_model(name, features_only=True, out_indices=tuple(indices), pretrained=False, **dilation)
     except (IndexError, AssertionError, TypeError, ValueError, RuntimeError) as error:
         raise ConfigError(f"{path}: timm model {name!r} rejected out_indices {indices!r}: {error}") from error
     pretrained = node.get("pretrained_path")

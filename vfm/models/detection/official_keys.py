@@ -16,6 +16,10 @@ Mapping (official -> ours; `D` = decoder layers):
 | `class_embed.{D}`, `bbox_embed.{D}` (two-stage proposal heads) | `encoder_class_head`, `encoder_box_head` |
 | `transformer.decoder.{bbox,class}_embed.*` (the official decoder's references to the model heads) | dropped |
 
+Class rows (`--ann-file`): the decoder heads' rows are raw COCO ids (91) and are reduced to the annotation file's
+categories; the two-stage proposal head (`class_embed.{D}`) is trained with every label 0, its row 0 ranks the
+proposals and stays row 0 (`RowRole.OBJECTNESS` in `conversion.py`).
+
 Deformable attention parameters (`sampling_offsets`, `attention_weights`, `value_proj`, `output_proj`) and
 `nn.MultiheadAttention` parameters have the same names on both sides. Official backbones use FrozenBN, so
 their files load strictly into models built with `freeze_bn: true` (no `num_batches_tracked` buffers).
@@ -23,7 +27,6 @@ their files load strictly into models built with `freeze_bn: true` (no `num_batc
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +35,14 @@ import torch
 from torch import Tensor
 
 from vfm.errors import CheckpointError
+from vfm.models.detection.conversion import (
+    Converted,
+    RowRole,
+    check_accounting,
+    convert_checkpoint_file,
+    layer_indices,
+    unwrap,
+)
 
 # Renames that keep the rest of the key: (official prefix, our prefix).
 _PREFIXES = [
@@ -75,18 +86,13 @@ def _rename(key: str, pairs: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def _unknown(keys: list[str], where: str) -> CheckpointError:
-    shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
-    return CheckpointError(f"{where}: unknown keys {shown}")
-
-
-def convert_official_deformable_detr(state_dict: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
-    """Official-layout state dict (or a checkpoint with a `model` key) -> ours, keys prefixed with `prefix`.
+def official_deformable_detr(state_dict: Mapping[str, Tensor], prefix: str = "") -> Converted:
+    """Official-layout state dict (or a checkpoint with a `model` key) -> ours with the role of each classifier.
 
     Refinement is recognised by the official decoder's copies of the box heads, two-stage by `enc_output`.
+    Every key is used, dropped as a verified copy, or reported; every key the layout implies must be there.
     """
-    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
-        state_dict = state_dict["model"]
+    state_dict = unwrap(state_dict)
     keys = list(state_dict)
     num_layers = _num_decoder_layers(keys, "")
     refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in keys)
@@ -95,7 +101,8 @@ def convert_official_deformable_detr(state_dict: Mapping[str, Tensor], prefix: s
         raise CheckpointError(
             "official checkpoint: two-stage without box refinement is not supported (ours needs both)"
         )
-    converted: dict[str, Tensor] = {}
+    result = Converted({})
+    converted = result.state_dict
     unknown = []
     for key, value in state_dict.items():
         if (renamed := _rename(key, _PREFIXES)) is not None:
@@ -103,24 +110,71 @@ def convert_official_deformable_detr(state_dict: Mapping[str, Tensor], prefix: s
         elif match := _OFFICIAL_HEAD.match(key):
             kind, index, rest = match.group(1), int(match.group(2)), match.group(3)
             if two_stage and index == num_layers:
-                converted[f"{prefix}{_ENCODER_HEAD_NAMES[kind]}.{rest}"] = value
+                module = f"{prefix}{_ENCODER_HEAD_NAMES[kind]}"
+                role = RowRole.OBJECTNESS  # trained with every label 0: row 0 ranks the proposals
             elif index >= num_layers:
                 unknown.append(key)
+                continue
             elif refine:
-                converted[f"{prefix}{_HEAD_NAMES[kind]}.{index}.{rest}"] = value
+                module, role = f"{prefix}{_HEAD_NAMES[kind]}.{index}", RowRole.CATEGORIES
             elif not torch.equal(value, state_dict[f"{kind}.0.{rest}"]):
                 raise CheckpointError(f"official checkpoint: {key} differs from {kind}.0.{rest}, yet heads are shared")
             else:
-                converted[f"{prefix}{_HEAD_NAMES[kind]}.0.{rest}"] = value
+                module, role = f"{prefix}{_HEAD_NAMES[kind]}.0", RowRole.CATEGORIES
+            converted[f"{module}.{rest}"] = value
+            if kind == "class_embed":
+                result.class_heads[module] = role
         elif match := _OFFICIAL_DECODER_HEAD.match(key):
             original = f"{match.group(1)}.{match.group(2)}.{match.group(3)}"
             if original not in state_dict or not torch.equal(value, state_dict[original]):
                 raise CheckpointError(f"official checkpoint: {key} is not a copy of {original}")
         else:
             unknown.append(key)
-    if unknown:
-        raise _unknown(unknown, "official Deformable DETR checkpoint")
-    return converted
+    num_levels = len(layer_indices(keys, "input_proj"))
+    num_encoder_layers = len(layer_indices(keys, "transformer.encoder.layers"))
+    expected = official_deformable_detr_keys(num_encoder_layers, num_layers, num_levels, refine, two_stage)
+    missing = expected - {k for k in keys if not k.startswith("backbone.")}
+    check_accounting("official Deformable DETR checkpoint", unknown, missing)
+    return result
+
+
+def convert_official_deformable_detr(state_dict: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """Official-layout state dict (or a checkpoint with a `model` key) -> ours, keys prefixed with `prefix`."""
+    return official_deformable_detr(state_dict, prefix).state_dict
+
+
+def official_deformable_detr_keys(
+    num_encoder_layers: int, num_decoder_layers: int, num_levels: int, refine: bool, two_stage: bool
+) -> set[str]:
+    """Every non-backbone key of the official DeformableDETR.state_dict() for these settings."""
+    wb = ("weight", "bias")
+    msda = [f"{m}.{p}" for m in ("sampling_offsets", "attention_weights", "value_proj", "output_proj") for p in wb]
+    mha = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+    keys = {"transformer.level_embed"} | {
+        f"input_proj.{lv}.{i}.{p}" for lv in range(num_levels) for i in (0, 1) for p in wb
+    }
+    for i in range(num_encoder_layers):
+        layer = f"transformer.encoder.layers.{i}"
+        keys |= {f"{layer}.self_attn.{k}" for k in msda}
+        keys |= {f"{layer}.{m}.{p}" for m in ("norm1", "linear1", "linear2", "norm2") for p in wb}
+    for i in range(num_decoder_layers):
+        layer = f"transformer.decoder.layers.{i}"
+        keys |= {f"{layer}.cross_attn.{k}" for k in msda} | {f"{layer}.self_attn.{k}" for k in mha}
+        keys |= {f"{layer}.{m}.{p}" for m in ("norm1", "norm2", "norm3", "linear1", "linear2") for p in wb}
+    num_heads = num_decoder_layers + 1 if two_stage else num_decoder_layers
+    classes = {f"class_embed.{i}.{p}" for i in range(num_heads) for p in wb}
+    boxes = {f"bbox_embed.{i}.layers.{j}.{p}" for i in range(num_heads) for j in range(3) for p in wb}
+    keys |= classes | boxes
+    if refine:
+        keys |= {f"transformer.decoder.{k}" for k in boxes}
+    if two_stage:
+        keys |= {f"transformer.decoder.{k}" for k in classes}
+        keys |= {
+            f"transformer.{m}.{p}" for m in ("enc_output", "enc_output_norm", "pos_trans", "pos_trans_norm") for p in wb
+        }
+    else:
+        keys |= {"query_embed.weight", "transformer.reference_points.weight", "transformer.reference_points.bias"}
+    return keys
 
 
 def convert_to_official_deformable_detr(
@@ -156,8 +210,7 @@ def convert_to_official_deformable_detr(
                 official[f"transformer.decoder.{kind}.{num_layers}.{match.group(2)}"] = value
         else:
             unknown.append(full_key)
-    if unknown:
-        raise _unknown(unknown, "Deformable DETR state dict")
+    check_accounting("Deformable DETR state dict", unknown)
     return official
 
 
@@ -166,36 +219,12 @@ def _decoder_holds(kind: str, refine: bool, two_stage: bool) -> bool:
     return two_stage or (refine and kind == "bbox_embed")
 
 
-_CLASS_ROWS = re.compile(r"(^|\.)(class_heads\.\d+|encoder_class_head)\.(weight|bias)$")
-
-
-def select_class_rows(state_dict: Mapping[str, Tensor], rows: list[int]) -> dict[str, Tensor]:
-    """Keep classifier rows `rows` (in that order): official COCO heads have one row per raw category id (91),
-    ours one per contiguous label, i.e. `rows` = the annotation file's sorted category ids."""
-    selected = dict(state_dict)
-    for key, value in state_dict.items():
-        if _CLASS_ROWS.search(key):
-            if max(rows) >= value.shape[0]:
-                raise CheckpointError(f"{key}: {value.shape[0]} class rows, cannot select row {max(rows)}")
-            selected[key] = value[rows].clone()
-    return selected
-
-
-def convert_official_checkpoint_file(source: str | Path, destination: str | Path,
-                                     ann_file: str | Path | None = None) -> dict[str, Tensor]:
+def convert_official_checkpoint_file(
+    source: str | Path, destination: str | Path, ann_file: str | Path | None = None
+) -> Converted:
     """Official Deformable DETR checkpoint file -> a safetensors file that `load_from` and tools/eval.py accept.
 
-    Keys get the objective's `model.` prefix; with `ann_file` (COCO-format) the class rows are reduced to that
-    file's categories in our contiguous order.
+    With `ann_file` (COCO-format) the category rows are reduced to that file's categories in our contiguous
+    order; the two-stage proposal head keeps its objectness row 0 in place.
     """
-    from vfm.engine.checkpoint import load_state_dict_file, save_safetensors
-
-    converted = convert_official_deformable_detr(load_state_dict_file(source), prefix="model.")
-    if ann_file is not None:
-        try:
-            category_ids = sorted(int(c["id"]) for c in json.loads(Path(ann_file).read_text())["categories"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{ann_file}: cannot read the category ids ({type(error).__name__}: {error})") from error
-        converted = select_class_rows(converted, category_ids)
-    save_safetensors(converted, Path(destination))
-    return converted
+    return convert_checkpoint_file(source, destination, official_deformable_detr, ann_file)
