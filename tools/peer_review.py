@@ -5,6 +5,7 @@
   python tools/peer_review.py sweep --papers 2 3 4 5 10 --prior-mean -2 -1 0 1 --plot gap.png
   python tools/peer_review.py burden --papers 2 3 5 10 --prior-mean -1 0 1 --prior-std 3 --noise 1
   python tools/peer_review.py incentives --quality 3 -0.5 --noise 1 --mechanism isotonic --t-acc 1
+  python tools/peer_review.py iclr --prior-mean 5.511 --prior-std 1.009 --temperature -0.513 --paper-counts 1:948 2:255
 
 Bad arguments give one `error:` line on stderr and exit status 2 (`--debug` shows the traceback).
 """
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vfm.errors import ConfigError, VfmError  # noqa: E402
 from vfm.theory import peer_review as pr  # noqa: E402
+from vfm.theory.peer_review.iclr import iclr_burden, iclr_like_model  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -107,6 +109,34 @@ def _incentives(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paper_counts(text: list[str]) -> pr.PaperCountDist:
+    try:
+        pairs = [item.split(":") for item in text]
+        return pr.PaperCountDist.from_counts({int(papers): int(authors) for papers, authors in pairs})
+    except ValueError as error:
+        raise ConfigError(f"--paper-counts takes PAPERS:AUTHORS pairs like 1:948 2:255, got {' '.join(text)}") from error
+
+
+def _iclr(args: argparse.Namespace) -> int:
+    _positive("prior-std", [args.prior_std])
+    _positive("draws", [args.draws])
+    model = iclr_like_model(args.prior_mean, args.prior_std, args.temperature, _paper_counts(args.paper_counts),
+                            k=args.k, baseline=args.baseline, normalized=args.normalized_map)
+    result = iclr_burden(model, n_draws=args.draws, seed=args.seed)
+    print(f"authors' mean papers {model.counts.mean:.3f}; {len(result.thresholds)} candidate thresholds")
+    print(f"best parallel utility per author   {result.parallel_utility.max():.4f}")
+    print(f"best sequential utility per author {result.sequential_utility.max():.4f} "
+          f"(gain {100 * result.utility_gain:.2f}%)")
+    print(f"relative review burden {result.relative_burden:.3f} (saved {100 * (1 - result.relative_burden):.1f}%)")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"relative_burden": result.relative_burden,
+                                              "utility_gain": result.utility_gain,
+                                              "parallel_best": float(result.parallel_utility.max()),
+                                              "sequential_best": float(result.sequential_utility.max()),
+                                              "mean_papers": model.counts.mean}, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the sub-command and run it."""
     parser = _Parser(prog="peer_review.py", description="Peer-review mechanisms: sweeps, burden, incentives.")
@@ -144,6 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     incent.add_argument("--t-rev", type=float, help="sequential review threshold (default: t_acc)")
     incent.add_argument("--draws", type=int, default=100_000, help="Monte Carlo draws when no closed form")
     incent.set_defaults(run=_incentives)
+
+    iclr = sub.add_parser("iclr", help="review burden on the ICLR-like model from fitted parameters")
+    iclr.add_argument("--prior-mean", type=float, required=True, help="mean of per-paper average scores")
+    iclr.add_argument("--prior-std", type=float, required=True, help="std of per-paper average scores")
+    iclr.add_argument("--temperature", type=float, default=-0.513, help="fitted t in P(s|q) ~ exp(t (s-q)^2)")
+    iclr.add_argument("--k", type=int, default=3, help="reviews per paper")
+    iclr.add_argument("--paper-counts", nargs="+", required=True, metavar="PAPERS:AUTHORS")
+    iclr.add_argument("--baseline", type=float, default=5.5)
+    iclr.add_argument("--normalized-map", action="store_true", help="keep log Z(q) in the MAP likelihood")
+    iclr.add_argument("--draws", type=int, default=10_000, help="quality draws per paper count")
+    iclr.add_argument("--seed", type=int, default=0)
+    iclr.add_argument("--out", help="JSON summary")
+    iclr.set_defaults(run=_iclr)
 
     args = parser.parse_args(argv)
     try:

@@ -83,3 +83,21 @@ def test_softmax_map_shrinks_reviews_toward_the_prior():
     def log_post(q):
         return float(3 * normalized.score_logprobs(np.array(q))[7] + normalized.prior.logpdf(q))
     assert abs(log_post(value + 1e-4) - log_post(value - 1e-4)) < 1e-6 and probs.sum() == pytest.approx(1.0)
+
+
+def test_iclr_model_curves_match_simulated_sequential_review():
+    from vfm.theory.peer_review import PaperCountDist
+    from vfm.theory.peer_review.iclr import iclr_burden, iclr_like_model
+
+    model = iclr_like_model(5.5, 1.0, -0.513, PaperCountDist.from_counts({3: 1}))
+    result = iclr_burden(model, n_draws=2_000, seed=1)
+    j = int(np.argmin(np.abs(result.thresholds - 5.6)))
+    t = float(result.thresholds[j])
+    rng = np.random.default_rng(2)
+    quality = model.prior.sample(3, DRAWS, rng)
+    value, reviews = simulate(SequentialThreshold(t, t), quality, model.review, rng, shifted_quality(5.5))
+    # Different quality draws on each side; the exact side's per-draw spread is at most the simulated one's.
+    se = np.hypot(value.std() / np.sqrt(DRAWS), value.std() / np.sqrt(2_000))
+    assert abs(value.mean() - result.sequential_utility[j]) < 3 * se
+    assert abs(reviews.mean() - result.sequential_reviews[j]) < 0.05
+    assert result.parallel_reviews == 3.0 and 0 < result.relative_burden <= 1.0

@@ -117,6 +117,18 @@ class SoftmaxReview:
             out[start:start + 20_000] = np.exp(logsumexp(log_multiset, axis=-1))
         return out.reshape(quality.shape)
 
+    def prob_at_least_all(self, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every distinct MAP value t_j (ascending) and P(MAP >= t_j | q), shape (*quality.shape, len(t))."""
+        quality = np.asarray(quality, dtype=float)
+        counts, log_coef, map_values = self._multisets
+        by_map = np.argsort(map_values)
+        thresholds, first = np.unique(map_values[by_map], return_index=True)
+        logp = self.score_logprobs(quality)  # (..., scores)
+        multiset_probs = np.exp(logp @ counts[by_map].T + log_coef[by_map])  # (..., multisets), MAP ascending
+        # P(MAP >= t_j): the probability mass of multisets from the first one with MAP t_j upwards.
+        tail = np.cumsum(multiset_probs[..., ::-1], axis=-1)[..., ::-1]
+        return thresholds, tail[..., first]
+
     @cached_property
     def _multisets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(counts per score, log multinomial coefficient, MAP) for every multiset of k reviews."""
