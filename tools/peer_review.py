@@ -109,6 +109,28 @@ def _incentives(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curves(args: argparse.Namespace) -> int:
+    _positive("prior-std", [args.prior_std])
+    _positive("noise", [args.noise])
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    quality = pr.QualityPrior.normal(args.prior_mean, args.prior_std).sample(args.papers, args.draws, rng)
+    review = pr.GaussianReview(args.noise)
+    thresholds = np.arange(args.low, args.high + 1e-9, args.step)
+    parallel, _ = pr.utility_curve("parallel", quality, review, thresholds)
+    sequential, reviews = pr.utility_curve("sequential", quality, review, thresholds)
+    isotonic = pr.isotonic_curve(quality, review, rng, thresholds)
+    print(f"{'t':>6} {'parallel':>9} {'sequential':>10} {'isotonic':>9} {'seq reviews/n':>13}")
+    for row in zip(thresholds, parallel, sequential, isotonic, reviews / args.papers, strict=True):
+        print(f"{row[0]:6.2f} {row[1]:9.3f} {row[2]:10.3f} {row[3]:9.3f} {row[4]:13.3f}")
+    if args.plot:
+        title = f"n = {args.papers}, mu_q = {args.prior_mean:g}, sigma_q = {args.prior_std:g}, sigma_r = {args.noise:g}"
+        curves = {"parallel": parallel, "sequential (t_rev = t_acc)": sequential, "isotonic, true ranking": isotonic}
+        print(f"wrote {pr.plots.plot_threshold_curves(thresholds, curves, args.plot, title)}")
+    return 0
+
+
 def _paper_counts(text: list[str]) -> pr.PaperCountDist:
     try:
         pairs = [item.split(":") for item in text]
@@ -174,6 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     incent.add_argument("--t-rev", type=float, help="sequential review threshold (default: t_acc)")
     incent.add_argument("--draws", type=int, default=100_000, help="Monte Carlo draws when no closed form")
     incent.set_defaults(run=_incentives)
+
+    curves = sub.add_parser("curves", help="conference utility of each mechanism against the threshold")
+    curves.add_argument("--papers", type=int, default=5)
+    curves.add_argument("--prior-mean", type=float, default=0.0)
+    curves.add_argument("--prior-std", type=float, default=2.0)
+    curves.add_argument("--noise", type=float, default=1.0)
+    curves.add_argument("--low", type=float, default=-1.5)
+    curves.add_argument("--high", type=float, default=1.5)
+    curves.add_argument("--step", type=float, default=0.1)
+    curves.add_argument("--draws", type=int, default=100_000)
+    curves.add_argument("--seed", type=int, default=0)
+    curves.add_argument("--plot", help="PNG of the curves")
+    curves.set_defaults(run=_curves)
 
     iclr = sub.add_parser("iclr", help="review burden on the ICLR-like model from fitted parameters")
     iclr.add_argument("--prior-mean", type=float, required=True, help="mean of per-paper average scores")

@@ -35,6 +35,7 @@ def test_incentives_reports_the_isotonic_misreport():
     (["sweep", "--papers", "0"], "--papers must be > 0"),
     (["sweep", "--noise", "-1"], "--noise must be > 0"),
     (["sweep", "--papers", "five"], "invalid int value"),
+    (["iclr", "--prior-mean", "5.5", "--prior-std", "1", "--paper-counts", "1-948"], "PAPERS:AUTHORS"),
     (["incentives", "--quality", "1", "2", "3", "4", "5", "6", "7", "8"], "n_papers <= 7"),
 ])
 def test_bad_arguments_give_one_error_line_and_exit_2(args, fragment):
