@@ -122,7 +122,9 @@ class SoftmaxReview:
         quality = np.asarray(quality, dtype=float)
         counts, log_coef, map_values = self._multisets
         by_map = np.argsort(map_values)
-        thresholds, first = np.unique(map_values[by_map], return_index=True)
+        # Rounding merges MAP values that differ only by float error: the MAP depends on the reviews only through their sum.
+        _, first = np.unique(np.round(map_values[by_map], 6), return_index=True)
+        thresholds = map_values[by_map][first]
         logp = self.score_logprobs(quality)  # (..., scores)
         multiset_probs = np.exp(logp @ counts[by_map].T + log_coef[by_map])  # (..., multisets), MAP ascending
         # P(MAP >= t_j): the probability mass of multisets from the first one with MAP t_j upwards.
