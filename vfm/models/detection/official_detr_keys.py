@@ -116,9 +116,7 @@ def convert_to_official_detr(state_dict: Mapping[str, Tensor], prefix: str = "")
     return official
 
 
-def convert_official_detr_checkpoint_file(
-    source: str, destination: str, ann_file: str | None = None
-) -> Converted:
+def convert_official_detr_checkpoint_file(source: str, destination: str, ann_file: str | None = None) -> Converted:
     """Official DETR checkpoint file -> safetensors for `load_from`/tools/eval.py; `ann_file` reduces class rows."""
     from vfm.models.detection.conversion import convert_checkpoint_file
 
