@@ -14,9 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from vfm.errors import ConfigError
 from vfm.theory.peer_review.isotonic import isotonic_adjust
-from vfm.theory.peer_review.outcome import Outcome, Probabilities, as_order, to_papers, to_reported
+from vfm.theory.peer_review.outcome import Outcome, Probabilities, as_order, check_scores, to_papers, to_reported
 from vfm.theory.peer_review.reviews import ReviewModel
 
 
@@ -29,12 +28,6 @@ class Mechanism(Protocol):
         ...
 
 
-def _scores_2d(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=float)
-    if scores.ndim != 2:
-        raise ConfigError(f"mechanism scores must be (draws, n_papers), got shape {scores.shape}")
-    return scores
-
 
 @dataclass(frozen=True)
 class ParallelMechanism:
@@ -45,7 +38,7 @@ class ParallelMechanism:
     def decide(self, scores: np.ndarray, order: np.ndarray | None = None,
                rng: np.random.Generator | None = None) -> Outcome:
         """Accept score >= t_acc."""
-        scores = _scores_2d(scores)
+        scores = check_scores(scores)
         return Outcome(scores >= self.t_acc, np.ones(scores.shape, dtype=bool), scores)
 
     def exact_probabilities(self, quality: np.ndarray, review: ReviewModel,
@@ -68,7 +61,7 @@ class IsotonicMechanism:
     def decide(self, scores: np.ndarray, order: np.ndarray | None = None,
                rng: np.random.Generator | None = None) -> Outcome:
         """Accept adjusted score >= t_acc; all papers reviewed."""
-        adjusted = self.adjust(_scores_2d(scores), order)
+        adjusted = self.adjust(check_scores(scores), order)
         return Outcome(adjusted >= self.t_acc, np.ones(adjusted.shape, dtype=bool), adjusted)
 
 
@@ -82,7 +75,7 @@ class SequentialThreshold:
     def decide(self, scores: np.ndarray, order: np.ndarray | None = None,
                rng: np.random.Generator | None = None) -> Outcome:
         """The first paper is always reviewed; a score below t_rev stops the review of the rest."""
-        scores = _scores_2d(scores)
+        scores = check_scores(scores)
         order = as_order(order, scores.shape)
         ranked = to_reported(scores, order)
         passed = ranked >= self.t_rev

@@ -31,6 +31,14 @@ class Probabilities:
     review: np.ndarray
 
 
+def check_scores(scores: np.ndarray) -> np.ndarray:
+    """Scores as a float (draws, n_papers) array, or a ConfigError naming the shape."""
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 2:
+        raise ConfigError(f"mechanism scores must be (draws, n_papers), got shape {scores.shape}")
+    return scores
+
+
 def as_order(order: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     """The reported ranking (paper indices, best first) broadcast to `shape`; None is 0, 1, ..., n - 1."""
     n_papers = shape[-1]

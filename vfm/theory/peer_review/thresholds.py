@@ -99,14 +99,17 @@ def optimize_sequential(quality: np.ndarray, review: ReviewModel, utility: Addit
                            per_draw, reviews)
 
 
+def _step_curve(adjusted: np.ndarray, worth: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    return np.array([((adjusted >= t) * worth).sum(axis=1).mean() for t in thresholds])
+
+
 def isotonic_curve(quality: np.ndarray, review: ReviewModel, rng: np.random.Generator, thresholds: np.ndarray,
                    utility: AdditiveUtility | None = None, order: np.ndarray | None = None) -> np.ndarray:
     """Simulated mean utility of the isotonic mechanism at each threshold (one noise draw per author, shared)."""
     utility = utility or shifted_quality()
     quality = np.atleast_2d(quality)
     adjusted = isotonic_adjust(review.sample(quality, rng), order)
-    worth = utility.per_paper(quality)
-    return np.array([((adjusted >= t) * worth).sum(axis=1).mean() for t in thresholds])
+    return _step_curve(adjusted, utility.per_paper(quality), thresholds)
 
 
 def optimize_isotonic(quality: np.ndarray, review: ReviewModel, rng: np.random.Generator,
@@ -119,13 +122,10 @@ def optimize_isotonic(quality: np.ndarray, review: ReviewModel, rng: np.random.G
     adjusted = isotonic_adjust(review.sample(quality, rng), order)
     worth = utility.per_paper(quality)
 
-    def curve(thresholds: np.ndarray) -> np.ndarray:
-        return np.array([((adjusted >= t) * worth).sum(axis=1).mean() for t in thresholds])
-
     coarse = _grid(bounds, step)
-    best = coarse[int(np.argmax(curve(coarse)))]
+    best = coarse[int(np.argmax(_step_curve(adjusted, worth, coarse)))]
     fine = _grid((best - step, best + step), fine_step)
-    t_acc = float(fine[int(np.argmax(curve(fine)))])
+    t_acc = float(fine[int(np.argmax(_step_curve(adjusted, worth, fine)))])
     per_draw = ((adjusted >= t_acc) * worth).sum(axis=1)
     reviews = Estimate(float(quality.shape[-1]), 0.0)
     return ThresholdResult("isotonic", t_acc, None, Estimate.of(per_draw), per_draw, reviews)

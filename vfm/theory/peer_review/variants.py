@@ -14,14 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vfm.errors import ConfigError
-from vfm.theory.peer_review.outcome import Outcome, as_order, to_papers, to_reported
-
-
-def _check_scores(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=float)
-    if scores.ndim != 2:
-        raise ConfigError(f"mechanism scores must be (draws, n_papers), got shape {scores.shape}")
-    return scores
+from vfm.theory.peer_review.outcome import Outcome, as_order, check_scores, to_papers, to_reported
 
 
 @dataclass(frozen=True)
@@ -39,7 +32,7 @@ class MemorylessCoinFlip:
         """The first paper is always reviewed; each later one after a coin flip on the previous score."""
         if rng is None:
             raise ConfigError("MemorylessCoinFlip.decide needs an rng (the review mapping is random)")
-        scores = _check_scores(scores)
+        scores = check_scores(scores)
         order = as_order(order, scores.shape)
         ranked = to_reported(scores, order)
         go_on = rng.random(ranked.shape) < np.clip(self.p_continue(ranked), 0.0, 1.0)
@@ -66,7 +59,7 @@ class CreditPool:
     def decide(self, scores: np.ndarray, order: np.ndarray | None = None,
                rng: np.random.Generator | None = None) -> Outcome:
         """Review in reported order while the credit balance is positive."""
-        scores = _check_scores(scores)
+        scores = check_scores(scores)
         order = as_order(order, scores.shape)
         ranked = to_reported(scores, order)
         balance = np.full(ranked.shape[0], float(self.initial))
