@@ -18,11 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vfm.errors import ConfigError, VfmError  # noqa: E402
-from vfm.theory import peer_review as pr  # noqa: E402
-from vfm.theory.peer_review.iclr import iclr_burden, iclr_like_model  # noqa: E402
+from vfm.errors import ConfigError, VfmError
+from vfm.theory import peer_review as pr
+from vfm.theory.peer_review.iclr import iclr_burden, iclr_like_model
 
 EXIT_USAGE = 2
 
