@@ -56,3 +56,11 @@ def test_review_burden_near_the_notes_value():
     result = gaussian_burden(5, 0.0, 3.0, 1.0, n_draws=20_000, seed=4)
     assert result.relative_burden == pytest.approx(0.64, abs=0.03)
     assert result.sequential_at_threshold == pytest.approx(result.parallel_best, abs=1e-4)
+
+
+def test_gap_closed_grows_with_review_noise():
+    # Full runs: 0.655 at sigma_r = 0.5 and 0.916 at 2 (n = 5, mu_q = -1); the official arrays say 0.56 and 0.90.
+    low = gaussian_cell(5, -1.0, 2.0, 0.5, n_draws=15_000, seed=5).gap_closed
+    high = gaussian_cell(5, -1.0, 2.0, 2.0, n_draws=15_000, seed=5).gap_closed
+    assert high.mean - low.mean > 3 * np.hypot(high.se, low.se)
+    assert high.mean == pytest.approx(0.916, abs=0.06)
