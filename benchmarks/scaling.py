@@ -168,7 +168,7 @@ def run_worker(case_name: str, global_batch: int, warmup: int, steps: int, out: 
     _, strategy_name, options = CASES[case_name]
     options = dict(options)
     if strategy_name == "deepspeed":
-        options["deepspeed_config"] = {"zero_optimization": {"reduce_bucket_size": DEEPSPEED_BUCKET,
+        options["config"] = {"zero_optimization": {"reduce_bucket_size": DEEPSPEED_BUCKET,
                                                              "allgather_bucket_size": DEEPSPEED_BUCKET,
                                                              "stage3_prefetch_bucket_size": DEEPSPEED_BUCKET}}
     per_rank = global_batch // world

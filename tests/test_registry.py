@@ -9,6 +9,7 @@ import importlib.metadata
 import sys
 import textwrap
 import types
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import pytest
@@ -361,10 +362,30 @@ def test_builtin_registries_hold_the_foundation_components():
     assert {"cosine", "step", "constant"} <= set(SCHEDULERS.list())
 
 
-def test_failed_builtin_import_is_retried_not_left_half_loaded(monkeypatch):
-    monkeypatch.setattr(registry_module, "BUILTIN_MODULES", ("vfm.engine.optim", "vfmunit_no_such_builtin"))
-    monkeypatch.setattr(registry_module, "_loaded_builtins", False)
-    reg = Registry("test_retry")
+def test_failed_plugin_load_is_retried_not_left_half_loaded(plugin_dir, fake_entry_points):
+    advertised, _ = fake_entry_points
+    advertised.append(importlib.metadata.EntryPoint(name="gone", value="vfmunit_no_such_builtin", group="vfm.plugins"))
     for _ in range(2):  # the second lookup fails the same way instead of reporting an empty registry
-        with pytest.raises(ModuleNotFoundError, match="vfmunit_no_such_builtin"):
-            reg.list()
+        with pytest.raises(ConfigError, match="vfmunit_no_such_builtin"):
+            load_entry_point_plugins()
+
+
+def test_registry_names_no_component_module():
+    """The bottom layer lists no component: vfm's own packages arrive through the vfm.plugins entry points."""
+    source = Path(registry_module.__file__).read_text()
+    assert "vfm.objectives" not in source and "vfm.models" not in source and "BUILTIN_MODULES" not in source
+    groups = {ep.value for ep in importlib.metadata.entry_points(group="vfm.plugins")}
+    assert {"vfm.objectives", "vfm.models", "vfm.data", "vfm.evaluation", "vfm.engine"} <= groups
+
+
+def test_a_package_plugin_registers_every_module_in_it(plugin_dir, fake_entry_points):
+    advertised, _ = fake_entry_points
+    package = plugin_dir / "vfmunit_pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "mod.py").write_text(textwrap.dedent(GOOD_PLUGIN))
+    (package / "_private.py").write_text("raise RuntimeError('private modules are not imported')\n")
+    advertised.append(importlib.metadata.EntryPoint(name="pkg", value="vfmunit_pkg", group="vfm.plugins"))
+    assert load_entry_point_plugins() == ["pkg"]
+    assert sys.modules["vfmunit_sink"].REGISTRY.build({"type": "plugged"}) == 10

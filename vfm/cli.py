@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
                     f"{env.world_size} processes ({env.launcher})" if env.is_distributed else "one process")
         result = Trainer(cfg, work_dir).train(dry_run=args.dry_run)
         if result.get("val"):
-            logger.info("final evaluation: %s", json.dumps(result["val"]))
+            logger.info("final evaluation (step %s): %s", result.get("val_step"), json.dumps(result["val"]))
     finally:
         destroy_distributed()
     return 0
@@ -100,15 +100,23 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from vfm.engine.evaluate import evaluate_checkpoint
     from vfm.engine.run_config import RunConfig
 
+    # The checkpoint list and the overrides are both positional: key=value items are overrides.
+    checkpoints = [a for a in args.checkpoint if "=" not in a or Path(a).exists()]
+    overrides = [a for a in args.checkpoint if a not in checkpoints] + overrides
+    if not checkpoints:
+        raise VfmError("eval.py: no checkpoint given (CONFIG CHECKPOINT [CHECKPOINT ...])")
     cfg = load_config(args.config, overrides, RunConfig)
     _setup_logging()
-    metrics = evaluate_checkpoint(cfg, args.checkpoint, args.weights)
-    width = max([len(k) for k in metrics] + [6])
-    print(f"{'metric':<{width}}  value")
-    for key, value in metrics.items():
-        print(f"{key:<{width}}  {value:.4f}")
+    results = {checkpoint: evaluate_checkpoint(cfg, checkpoint, args.weights, args.set) for checkpoint in checkpoints}
+    names = list(dict.fromkeys(k for metrics in results.values() for k in metrics))
+    width = max([len(k) for k in names] + [6])
+    columns = [Path(c).name for c in results] if len(results) > 1 else ["value"]
+    print(f"{'metric':<{width}}  " + "  ".join(f"{c:>12}" for c in columns))
+    for key in names:
+        print(f"{key:<{width}}  " + "  ".join(f"{m[key]:>12.4f}" if key in m else f"{'-':>12}" for m in results.values()))
     if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
+        payload = next(iter(results.values())) if len(results) == 1 else results
+        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 
@@ -138,10 +146,14 @@ def visualize_main(argv: Sequence[str] | None = None) -> int:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
-    """`vfm-eval CONFIG CHECKPOINT [key=value ...]`: evaluate weights on the config's data.val."""
-    parser = argparse.ArgumentParser(prog="eval.py", description="Evaluate a checkpoint on the config's data.val.")
+    """`vfm-eval CONFIG CHECKPOINT [CHECKPOINT ...] [--set NAME ...] [key=value ...]`: evaluate weights on the
+    config's evaluation sets (data.val and eval.sets)."""
+    parser = argparse.ArgumentParser(prog="eval.py", description="Evaluate checkpoints on the config's evaluation sets "
+                                     "(data.val, named 'val', and every eval.sets entry).")
     parser.add_argument("config", help="YAML config (e.g. the config.yaml a run wrote to its work dir)")
-    parser.add_argument("checkpoint", help=".pt checkpoint or .safetensors weights")
+    parser.add_argument("checkpoint", nargs="+", help=".pt checkpoints or .safetensors weights (one column each)")
+    parser.add_argument("--set", action="append", default=None, metavar="NAME",
+                        help="evaluate only this set (repeatable; 'val' is data.val); default: every set")
     parser.add_argument("--weights", choices=["auto", "model", "ema"], default="auto",
                         help="which weights of a training checkpoint to use (auto: those the run evaluated)")
     parser.add_argument("--out", help="also write the metrics as JSON to this file")

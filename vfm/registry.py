@@ -12,9 +12,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import pkgutil
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
+from types import ModuleType
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -23,23 +25,10 @@ from vfm.errors import ConfigError, RegistryError
 
 T = TypeVar("T", bound=Callable[..., Any])
 
-# Modules whose import registers vfm's own components; loaded lazily on the first lookup so that
-# `import vfm` stays cheap.
-BUILTIN_MODULES = (
-    "vfm.models.backbones.timm_backbone",
-    "vfm.objectives.classification",
-    "vfm.objectives.detection",
-    "vfm.data.digits",
-    "vfm.data.image_folder",
-    "vfm.data.transforms",
-    "vfm.data.detection_transforms",
-    "vfm.data.coco",
-    "vfm.engine.optim",
-    "vfm.engine.schedulers",
-    "vfm.engine.hooks",
-    "vfm.evaluation.accuracy",
-    "vfm.evaluation.coco",
-)
+# Components register themselves when their modules are imported. vfm's own component packages are
+# advertised in the `vfm.plugins` entry-point group of its pyproject.toml, like any third-party plug-in,
+# and loaded on the first lookup: this bottom layer names no component module, and a new module in a
+# component package (say vfm/objectives/) registers without touching any core file.
 PLUGIN_GROUP = "vfm.plugins"
 _loaded_builtins = False
 _loaded_entry_points = False
@@ -255,27 +244,42 @@ def _load_builtins() -> None:
         return
     _loaded_builtins = True  # set first: the modules below register through this module
     try:
-        for module in BUILTIN_MODULES:
-            importlib.import_module(module)
         load_entry_point_plugins()
     except BaseException:
         _loaded_builtins = False  # fail again on the next lookup instead of serving half-empty registries
         raise
 
 
+def import_package(module: ModuleType) -> list[str]:
+    """Import every submodule of package `module` (recursively) so their components register."""
+    if not hasattr(module, "__path__"):
+        return []
+    names = []
+    for info in pkgutil.walk_packages(module.__path__, prefix=f"{module.__name__}."):
+        if info.name.rsplit(".", 1)[-1].startswith("_"):
+            continue
+        importlib.import_module(info.name)
+        names.append(info.name)
+    return names
+
+
 def load_entry_point_plugins() -> list[str]:
-    """Import every module advertised in the ``vfm.plugins`` entry-point group (once)."""
+    """Import every module (or whole package) advertised in the ``vfm.plugins`` entry-point group (once)."""
     global _loaded_entry_points
     if _loaded_entry_points:
         return []
     _loaded_entry_points = True
     loaded = []
-    for entry_point in metadata.entry_points(group=PLUGIN_GROUP):
-        try:
-            entry_point.load()
-        except Exception as error:
-            raise ConfigError(f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {error}") from error
-        loaded.append(entry_point.name)
+    try:
+        for entry_point in metadata.entry_points(group=PLUGIN_GROUP):
+            try:
+                import_package(entry_point.load())
+            except Exception as error:
+                raise ConfigError(f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {error}") from error
+            loaded.append(entry_point.name)
+    except BaseException:
+        _loaded_entry_points = False
+        raise
     return loaded
 
 
@@ -297,3 +301,5 @@ OPTIMIZERS = Registry("optimizers")
 SCHEDULERS = Registry("schedulers")
 HOOKS = Registry("hooks")
 EVALUATORS = Registry("evaluators")
+STRATEGIES = Registry("strategies")
+SAMPLERS = Registry("samplers")

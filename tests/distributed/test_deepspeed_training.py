@@ -48,7 +48,7 @@ def assert_same_weights(actual: dict, expected: dict) -> None:
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_deepspeed_matches_one_process(reference, tmp_path, stage):
     ema = stage < 3  # EMA of ZeRO-3's partitioned parameters is refused
-    result = dist_train("dist.strategy=deepspeed", f"dist.zero_stage={stage}", *COMMON, f"ema.enabled={str(ema).lower()}",
+    result = dist_train("dist.strategy=deepspeed", f"dist.deepspeed.zero_stage={stage}", *COMMON, f"ema.enabled={str(ema).lower()}",
                         "data.batch_size=8", f"work_dir={tmp_path}")
     assert_ok(result)
     assert "grad_norm" in result.stdout  # DeepSpeed's own norm is logged
@@ -60,7 +60,7 @@ def test_deepspeed_matches_one_process(reference, tmp_path, stage):
 
 def test_deepspeed_resumes_exactly_and_refuses_another_world_size(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    options = ["dist.strategy=deepspeed", "dist.zero_stage=3", *COMMON, "ema.enabled=false", "data.batch_size=8"]
+    options = ["dist.strategy=deepspeed", "dist.deepspeed.zero_stage=3", *COMMON, "ema.enabled=false", "data.batch_size=8"]
     assert_ok(dist_train(*options, f"work_dir={straight}"))
     died = dist_train(*options, f"work_dir={killed}", "hooks=[{type: test_kill_at_step, step: 5}]")
     assert died.returncode != 0
@@ -78,7 +78,7 @@ def test_deepspeed_resumes_exactly_and_refuses_another_world_size(tmp_path):
 
 def test_deepspeed_in_one_process_matches_the_single_strategy(reference, tmp_path):
     """Without a launcher vfm gives DeepSpeed a one-rank process group (it would look for MPI otherwise)."""
-    result = run_tool("train", TINY, VIT, SGD, "dist.strategy=deepspeed", "dist.zero_stage=1", *COMMON,
+    result = run_tool("train", TINY, VIT, SGD, "dist.strategy=deepspeed", "dist.deepspeed.zero_stage=1", *COMMON,
                       "ema.enabled=true", "data.batch_size=16", f"work_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(load_file(tmp_path / "model.safetensors"), reference[True])

@@ -161,7 +161,7 @@ def test_deepspeed_checkpoint_refuses_another_world_size(runs: Path) -> None:
 
 # ------------------------------------------------------------------------------ in-process, fast
 def test_unknown_strategy_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="dist.strategy: got 'zero'.*single, ddp, fsdp, deepspeed"):
+    with pytest.raises(ConfigError, match="dist.strategy: got 'zero', expected one of ddp, deepspeed, fsdp, single"):
         build_strategy("zero")
 
 
@@ -198,13 +198,13 @@ def test_fsdp_shards_each_block_else_each_child() -> None:
 def test_deepspeed_config_has_real_numbers_and_passthrough() -> None:
     _require_deepspeed()
     strategy = build_strategy("deepspeed", precision="bf16", grad_accum_steps=4, micro_batch_size=3, clip_grad_norm=1.0,
-                              zero_stage=2, deepspeed_config={"zero_optimization": {"overlap_comm": False}})
+                              zero_stage=2, config={"zero_optimization": {"overlap_comm": False}})
     config = strategy.config
     assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (12, 3, 4)
     assert config["gradient_clipping"] == 1.0 and config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
     assert config["zero_optimization"] == {"stage": 2, "overlap_comm": False}
     with pytest.raises(ConfigError, match="train_batch_size=99 must equal micro batch x accumulation x world size = 12"):
-        build_strategy("deepspeed", grad_accum_steps=4, micro_batch_size=3, deepspeed_config={"train_batch_size": 99})
+        build_strategy("deepspeed", grad_accum_steps=4, micro_batch_size=3, config={"train_batch_size": 99})
 
 
 def test_missing_deepspeed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

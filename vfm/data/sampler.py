@@ -68,3 +68,64 @@ class SeededDataset(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
             return self.dataset[index]
+
+
+class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of `ResumableSampler` keys; `set_epoch(epoch, batches_done)` resumes mid-epoch (the default sampler)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 train: bool = True) -> None:
+        self.samples = ResumableSampler(size, shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+        self.batch_size, self.drop_last = batch_size, train
+
+    def set_epoch(self, epoch: int, batches_done: int = 0) -> None:
+        """Select the order of `epoch` and skip the batches of it already consumed."""
+        self.samples.set_epoch(epoch, start=batches_done * self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batch: list[tuple[int, int]] = []
+        for key in self.samples:
+            batch.append(key)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
+
+    def __len__(self) -> int:
+        remaining = len(self.samples)
+        return remaining // self.batch_size if self.drop_last else -(-remaining // self.batch_size)
+
+
+class PoissonBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Poisson subsampling (DP-SGD): every sample joins each batch independently with probability `sample_rate`.
+
+    Batch `b` of epoch `e` is drawn from a generator seeded by (seed, e, b) alone, so a resumed run draws the
+    same batches; an epoch is round(1 / sample_rate) batches (one pass in expectation). Under several ranks
+    each takes every world_size-th drawn index. A draw can be empty: the batch is then `[]` (the loader
+    yields an empty dict) and an objective that owns its backward adds only its noise.
+    """
+
+    def __init__(self, size: int, sample_rate: float, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate: got {sample_rate!r}, expected a probability in (0, 1]")
+        self.size, self.sample_rate, self.seed = size, sample_rate, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = max(1, round(1.0 / sample_rate))
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, batches_done: int = 0) -> None:
+        """Select `epoch` and skip its first `batches_done` draws."""
+        self.epoch, self.start = epoch, batches_done
+
+    def draw(self, epoch: int, batch: int) -> list[int]:
+        """The indices (all ranks) of batch `batch` of `epoch`."""
+        generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + batch) % 2**63)
+        return torch.nonzero(torch.rand(self.size, generator=generator) < self.sample_rate).flatten().tolist()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in range(self.start, self.batches_per_epoch):
+            yield [(self.epoch, i) for i in self.draw(self.epoch, batch)[self.rank :: self.world_size]]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start

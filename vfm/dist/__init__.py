@@ -1,6 +1,16 @@
 """Distributed launch and collectives: read the launcher's environment, join the process group, gather."""
 
-from vfm.dist.collectives import all_gather, all_reduce_mean, barrier, get_rank, get_world_size, is_main_process
+from vfm.dist.collectives import (
+    all_gather,
+    all_gather_objects,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    gather_rows,
+    get_rank,
+    get_world_size,
+    is_main_process,
+)
 from vfm.dist.launch import (
     DistributedError,
     LaunchEnv,
@@ -17,6 +27,9 @@ __all__ = [
     "DistributedError",
     "LaunchEnv",
     "all_gather",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "gather_rows",
     "all_reduce_mean",
     "barrier",
     "destroy_distributed",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -93,3 +95,28 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     if not _initialized() or dist.get_world_size() == 1:
         return tensor
     return _AllGather.apply(tensor)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of `tensor` over ranks, as a new tensor (the input itself is left as it is)."""
+    if not _initialized():
+        return tensor.clone()
+    total = tensor.clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable `obj`, in rank order (`[obj]` in one process)."""
+    if not _initialized():
+        return [obj]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of `tensor` (sizes may differ per rank) concatenated on dim 0 in rank order, on CPU."""
+    if not _initialized():
+        return tensor.detach().cpu()
+    return torch.cat(all_gather_objects(tensor.detach().cpu()), dim=0)

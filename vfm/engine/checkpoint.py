@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,66 +13,22 @@ import torch
 from torch import nn
 
 from vfm.errors import CheckpointError
+from vfm.weights import (  # noqa: F401 - re-exported: checkpoints are where users look for them
+    FORMAT,
+    _fsync_dir,
+    atomic_torch_save,
+    atomic_write,
+    extract_weights,
+    load_state_dict_file,
+    load_weights,
+    save_safetensors,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "vfm-checkpoint-v1"
 POINTER = "last_checkpoint"
 SHARDED_META = "strategy.pt"  # inside a sharded (FSDP/DeepSpeed) checkpoint folder: which strategy wrote it, and the Trainer's state
 _STEP_FILE = re.compile(r"^step_(\d+)(\.pt)?$")  # step_00000100.pt (full state) or step_00000100/ (sharded)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Any) -> Path:
-    """Call `write(file)` on a temp file beside `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """torch.save through `atomic_write`: readers see the old file or the whole new one."""
-    return atomic_write(path, lambda file: torch.save(obj, file))
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Any]:
-    """Load a user-supplied .safetensors or torch file without executing code (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return dict(load_file(str(path)))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling and zip errors come in many types; all mean unreadable
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {detail}") from error
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: expected a mapping of tensors, got {type(state).__name__}")
-    return dict(state)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -95,48 +50,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if state.get("format") != FORMAT or "model" not in state or "step" not in state:
         raise CheckpointError(f"{path}: not a vfm training checkpoint (no '{FORMAT}' format tag); use load_from for weights")
     return state
-
-
-def extract_weights(state: Mapping[str, Any], prefer_ema: bool = False) -> dict[str, torch.Tensor]:
-    """The model weights inside a vfm checkpoint or a plain/wrapped state dict."""
-    if state.get("format") == FORMAT:
-        if prefer_ema and state.get("ema") is not None:
-            return dict(state["ema"])
-        return dict(state["model"])
-    for key in ("model", "state_dict", "module"):
-        if key in state and isinstance(state[key], Mapping):
-            return dict(state[key])
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def load_weights(model: nn.Module, path: str | Path, prefer_ema: bool = False) -> tuple[list[str], list[str]]:
-    """Load weights only (for `load_from` and evaluation); logs and returns missing/unexpected keys."""
-    weights = extract_weights(load_state_dict_file(path), prefer_ema)
-    own = model.state_dict()
-    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-    if mismatched:
-        key = mismatched[0]
-        raise CheckpointError(
-            f"{path}: shape mismatch for {key}: {tuple(weights[key].shape)} in file, {tuple(own[key].shape)} in model"
-            f" ({len(mismatched)} mismatched keys)"
-        )
-    if weights and not any(k in own for k in weights):
-        raise CheckpointError(f"{path}: none of its {len(weights)} keys match the model (e.g. {next(iter(weights))!r})")
-    result = model.load_state_dict(weights, strict=False)
-    if result.missing_keys:
-        logger.warning("load_from %s: %d missing keys: %s", path, len(result.missing_keys), ", ".join(result.missing_keys[:8]))
-    if result.unexpected_keys:
-        logger.warning("load_from %s: %d unexpected keys: %s", path, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:8]))
-    return list(result.missing_keys), list(result.unexpected_keys)
-
-
-def save_safetensors(weights: Mapping[str, torch.Tensor], path: str | Path) -> Path:
-    """Export weights as safetensors atomically (shared storage is cloned, as safetensors requires)."""
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
-    data = save(tensors, metadata={"format": "pt", "producer": "vfm"})
-    return atomic_write(path, lambda file: file.write(data))
 
 
 def all_finite(module: nn.Module) -> bool:

@@ -1,8 +1,9 @@
-"""Evaluation: run evaluators over a loader, or over a saved checkpoint from the CLI."""
+"""Evaluation: named evaluation sets run over a model, in training or from saved checkpoints (tools/eval.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import torch
@@ -10,10 +11,11 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vfm.data.loader import build_loader
-from vfm.engine.checkpoint import FORMAT, extract_weights, load_state_dict_file
+from vfm.data.loader import build_loader, underlying_dataset
+from vfm.engine.validation import DEFAULT_SET, eval_set_names
 from vfm.errors import CheckpointError, ConfigError
-from vfm.registry import EVALUATORS, OBJECTIVES, import_custom_modules
+from vfm.registry import DATASETS, EVALUATORS, OBJECTIVES, import_custom_modules
+from vfm.weights import FORMAT, extract_weights, load_state_dict_file
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -27,24 +29,82 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def evaluate(model: nn.Module, loader: DataLoader, evaluators: list[Any], device: torch.device,
+@dataclasses.dataclass
+class EvalSet:
+    """A named evaluation set: its loader, evaluators and interval (0: only at the end)."""
+
+    name: str
+    loader: DataLoader
+    evaluators: list[Any]
+    interval: int
+
+    def metric_name(self, metric: str) -> str:
+        """How a metric of this set is named in results and in eval.metric (`<set>/<metric>`; bare for data.val)."""
+        return metric if self.name == DEFAULT_SET else f"{self.name}/{metric}"
+
+    @property
+    def log_prefix(self) -> str:
+        """The metrics split it logs under: val (data.val) or val/<set>."""
+        return "val" if self.name == DEFAULT_SET else f"val/{self.name}"
+
+
+def build_eval_sets(cfg: DictConfig, rank: int = 0, world_size: int = 1, only: list[str] | None = None) -> list[EvalSet]:
+    """The run's evaluation sets (the default one from data.val, then eval.sets), or those named in `only`."""
+    available = eval_set_names(cfg)
+    wanted = available if only is None else [DEFAULT_SET if n in ("val", DEFAULT_SET) else n for n in only]
+    for name in wanted:
+        if name not in available:
+            shown = ", ".join("val" if n == DEFAULT_SET else n for n in available) or "none"
+            raise ConfigError(f"--set {name}: no such evaluation set in eval.sets or data.val (available: {shown})")
+    sets = []
+    for name in wanted:
+        if name == DEFAULT_SET:
+            dataset, evaluators, interval, path = cfg.data.val, cfg.eval.evaluators, cfg.eval.interval, "data.val"
+            data_cfg = cfg.data
+        else:
+            node = cfg.eval.sets[name]
+            dataset, evaluators, path = node.dataset, node.evaluators, f"eval.sets.{name}.dataset"
+            interval = cfg.eval.interval if node.interval is None else node.interval
+            data_cfg = _with_batch_size(cfg.data, node.batch_size)
+        loader = build_loader(dataset, path, data_cfg, cfg.seed, train=False, rank=rank, world_size=world_size)
+        evaluator_path = "eval.evaluators" if name == DEFAULT_SET else f"eval.sets.{name}.evaluators"
+        built = [EVALUATORS.build(node, f"{evaluator_path}.{i}") for i, node in enumerate(evaluators)]
+        sets.append(EvalSet(name, loader, built, interval))
+    return sets
+
+
+def _with_batch_size(data_cfg: Any, batch_size: int | None) -> Any:
+    if batch_size is None:
+        return data_cfg
+    return _DataView(data_cfg, batch_size)
+
+
+class _DataView:
+    """The loader settings of data, with an evaluation batch size of its own."""
+
+    def __init__(self, data_cfg: Any, val_batch_size: int | None = None) -> None:
+        self.batch_size, self.num_workers, self.pin_memory = data_cfg.batch_size, data_cfg.num_workers, data_cfg.pin_memory
+        self.val_batch_size = data_cfg.val_batch_size if val_batch_size is None else val_batch_size
+
+
+def evaluate(model: nn.Module, eval_set: EvalSet, device: torch.device,
              autocast: Any = contextlib.nullcontext) -> dict[str, float]:
-    """Run `evaluators` over `loader` with `model.predict` (or `model.forward`); returns merged metrics."""
+    """Run one set's evaluators over its loader with `model.predict` (or `model.forward`); metrics by full name."""
     was_training = model.training
     model.eval()
     predict = getattr(model, "predict", model)
-    for evaluator in evaluators:
-        evaluator.reset()
+    for evaluator in eval_set.evaluators:
+        evaluator.begin(model, eval_set.loader)
     with torch.no_grad():
-        for batch in loader:
+        for batch in eval_set.loader:
             batch = move_to_device(batch, device)
             with autocast():
                 outputs = predict(batch)
-            for evaluator in evaluators:
+            for evaluator in eval_set.evaluators:
                 evaluator.process(batch, outputs)
     metrics: dict[str, float] = {}
-    for evaluator in evaluators:
-        metrics.update(evaluator.compute())
+    for evaluator in eval_set.evaluators:
+        metrics.update({eval_set.metric_name(k): v for k, v in evaluator.end().items()})
     model.train(was_training)
     return metrics
 
@@ -52,7 +112,8 @@ def evaluate(model: nn.Module, loader: DataLoader, evaluators: list[Any], device
 def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> nn.Module:
     """Build the objective of `cfg` and load `checkpoint` into it (on the GPU when there is one, in eval mode).
 
-    `weights`: model, ema, or auto (the weights the run itself evaluated, for vfm checkpoints).
+    `weights`: model, ema, or auto (the weights the run itself evaluated, for vfm checkpoints). Keys an objective
+    leaves out of step checkpoints (`frozen_state_keys`) come from its own construction.
     """
     import_custom_modules(cfg.custom_imports)
     state = load_state_dict_file(checkpoint)
@@ -63,23 +124,33 @@ def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> n
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = OBJECTIVES.build(cfg.objective, "objective")
     result = model.load_state_dict(extract_weights(state, prefer_ema), strict=False)
-    if result.missing_keys:
+    frozen = set(getattr(model, "frozen_state_keys", lambda: ())())
+    missing = [k for k in result.missing_keys if k not in frozen]
+    if missing:
         raise CheckpointError(
-            f"{checkpoint}: {len(result.missing_keys)} model keys missing from the file (e.g. {result.missing_keys[0]!r});"
+            f"{checkpoint}: {len(missing)} model keys missing from the file (e.g. {missing[0]!r});"
             " is it a checkpoint of this config?"
         )
     return model.to(device).eval()
 
 
-def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> dict[str, float]:
-    """Build the objective and data.val of `cfg`, load `checkpoint` and evaluate it (`weights` as in load_objective)."""
+def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, weights: str = "auto",
+                        sets: list[str] | None = None) -> dict[str, float]:
+    """Build the objective and evaluation sets of `cfg` (all, or those named), load `checkpoint` and evaluate it."""
     import_custom_modules(cfg.custom_imports)
-    if cfg.data.val is None or not cfg.eval.evaluators:
-        raise ConfigError("data.val / eval.evaluators: evaluation needs a validation dataset and at least one evaluator")
+    if not eval_set_names(cfg):
+        raise ConfigError("data.val / eval.evaluators / eval.sets: evaluation needs data.val with eval.evaluators, "
+                          "or at least one eval.sets entry")
     for i, node in enumerate(cfg.eval.evaluators):
         EVALUATORS.validate(node, f"eval.evaluators.{i}")
+    for name, node in cfg.eval.sets.items():
+        DATASETS.validate(node.dataset, f"eval.sets.{name}.dataset")
     model = load_objective(cfg, checkpoint, weights)
     device = next(model.parameters()).device
-    loader = build_loader(cfg.data.val, "data.val", cfg.data, cfg.seed, train=False)
-    evaluators = [EVALUATORS.build(node, f"eval.evaluators.{i}") for i, node in enumerate(cfg.eval.evaluators)]
-    return evaluate(model, loader, evaluators, device)
+    metrics: dict[str, float] = {}
+    for eval_set in build_eval_sets(cfg, only=sets):
+        check = getattr(model, "check_dataset", None)
+        if check is not None:
+            check(underlying_dataset(eval_set.loader), eval_set.log_prefix)
+        metrics.update(evaluate(model, eval_set, device))
+    return metrics

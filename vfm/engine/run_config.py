@@ -28,6 +28,9 @@ class DataConfig:
     """DataLoader worker processes."""
     pin_memory: bool = False
     """Pin host memory (useful on GPUs)."""
+    sampler: Optional[Dict[str, Any]] = None
+    """Batch sampler node for map-style training data (`type` from the samplers registry: resumable, poisson);
+    null is `resumable`. Streams (IterableDatasets) order themselves."""
 
 
 @dataclass
@@ -73,17 +76,34 @@ class EmaConfig:
 
 
 @dataclass
+class EvalSetConfig:
+    """One named evaluation set."""
+
+    dataset: Dict[str, Any] = MISSING
+    """Dataset node (`type` from the datasets registry)."""
+    evaluators: List[Dict[str, Any]] = MISSING
+    """Evaluator nodes (`type` from the evaluators registry)."""
+    interval: Optional[int] = None
+    """Steps between evaluations of this set (null: eval.interval; 0: only at the end)."""
+    batch_size: Optional[int] = None
+    """Batch size (null: data.val_batch_size, else data.batch_size)."""
+
+
+@dataclass
 class EvalConfig:
     """Periodic evaluation and best-checkpoint selection."""
 
     interval: int = 0
     """Steps between evaluations; 0 evaluates only at the end."""
     metric: Optional[str] = None
-    """Metric name that selects best.pt (e.g. accuracy); null disables best.pt."""
+    """Metric that selects best.pt: a metric of data.val's evaluators (e.g. accuracy) or `<set>/<metric>` of a
+    named set (e.g. retrieval/recall@1); null disables best.pt."""
     mode: str = "max"
     """max or min: which direction of `metric` is better."""
     evaluators: List[Dict[str, Any]] = field(default_factory=list)
-    """Evaluator nodes (`type` from the evaluators registry)."""
+    """Evaluator nodes (`type` from the evaluators registry) run on data.val (logged as val/<metric>)."""
+    sets: Dict[str, EvalSetConfig] = field(default_factory=dict)
+    """More named evaluation sets, each with its dataset, evaluators and interval (logged as val/<set>/<metric>)."""
 
 
 @dataclass
@@ -107,13 +127,14 @@ class DistConfig:
     checkpoint folders) or deepspeed (ZeRO, DeepSpeed's checkpoint folders; the `deepspeed` extra)."""
     timeout_s: float = 1800.0
     """Rendezvous and collective timeout: a missing rank fails the run instead of hanging it."""
-    find_unused_parameters: bool = False
-    """DDP's option, for models whose forward skips some parameters."""
-    zero_stage: int = 1
-    """With deepspeed: ZeRO stage 0-3 (1 shards optimizer state, 2 also gradients, 3 also parameters)."""
-    deepspeed_config: Optional[Dict[str, Any]] = None
-    """With deepspeed: a raw DeepSpeed config merged over the one vfm generates (batch sizes, clipping and
-    precision come from data/train; experts may add e.g. offload settings here)."""
+    ddp: Dict[str, Any] = field(default_factory=dict)
+    """Options of the ddp strategy: find_unused_parameters, static_graph (DDP's own options)."""
+    fsdp: Dict[str, Any] = field(default_factory=dict)
+    """Options of the fsdp strategy: reshard_after_forward (true: ZeRO-3 like; false: keep gathered parameters
+    until backward), force_sum_reduction (null: on with gloo)."""
+    deepspeed: Dict[str, Any] = field(default_factory=dict)
+    """Options of the deepspeed strategy: zero_stage (0-3, default 1), config (a raw DeepSpeed config merged over
+    the generated one; batch sizes, clipping and precision come from data/train)."""
 
 
 @dataclass

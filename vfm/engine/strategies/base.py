@@ -16,6 +16,8 @@ Every call is collective where the engine needs it to be: all ranks call it in t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,27 @@ import torch
 from torch import nn
 
 from vfm.dist.collectives import barrier, get_rank, get_world_size
-from vfm.engine.checkpoint import SHARDED_META, atomic_torch_save, load_state_dict_file
+from vfm.engine.checkpoint import SHARDED_META, CheckpointManager, atomic_torch_save, load_state_dict_file
 from vfm.errors import CheckpointError, ConfigError
 
 BuildOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
 META_FILE = SHARDED_META  # rank 0's client state plus which strategy and world size wrote the checkpoint
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMMON_OPTIONS = ("precision", "grad_accum_steps", "micro_batch_size", "clip_grad_norm")  # from data/train, not dist.<name>
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyCaps:
+    """What a strategy supports, known before it is built (the run config is checked against it)."""
+
+    precisions: tuple[str, ...] = PRECISIONS
+    """train.precision values."""
+    ema: bool = True
+    """Whether the Trainer may keep an EMA copy of the (unsharded) weights."""
+    manual_gradients: bool = True
+    """Whether gradients an objective fills itself (forward_backward) can be reduced across ranks."""
+    gradient_rescaling: bool = True
+    """Whether accumulated gradients can be multiplied by a factor before the step ((sum, count) losses)."""
 
 
 class Strategy:
@@ -51,6 +68,11 @@ class Strategy:
     sharded_state = False
     # Whether the engine scales fp16 losses itself (the Trainer then makes no GradScaler).
     scales_fp16_loss = False
+
+    @classmethod
+    def capabilities(cls, options: dict[str, Any]) -> StrategyCaps:
+        """What this strategy supports with `options` (its `dist.<name>` section)."""
+        return StrategyCaps()
 
     def __init__(self, precision: str = "fp32", grad_accum_steps: int = 1, micro_batch_size: int = 1,
                  clip_grad_norm: float | None = None) -> None:
@@ -88,6 +110,22 @@ class Strategy:
         """Clip gradients to `max_norm`; the total norm before clipping, equal on all ranks."""
         return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
+    def scale_gradients(self, model: nn.Module, factor: float) -> None:
+        """Multiply every accumulated (already reduced) gradient by `factor`."""
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
+
+    def reduce_manual_gradients(self, model: nn.Module) -> None:
+        """Average across ranks gradients that were filled outside autograd through the wrapper (no-op in one process)."""
+        if self.world_size == 1:
+            return
+        for param in model.parameters():
+            if param.grad is not None:
+                # SUM then divide: gloo's AVG has summed instead of averaging (PyTorch #162338).
+                torch.distributed.all_reduce(param.grad)
+                param.grad.div_(self.world_size)
+
     def last_grad_norm(self) -> float | None:
         """The gradient norm the engine computed in its own clipping, where `clip_grad_norm` returned None."""
         return None
@@ -119,6 +157,33 @@ class Strategy:
         self.unwrap(model).load_state_dict(state_dict)
 
     # --------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, checkpoints: CheckpointManager, step: int, state: dict[str, Any], model: nn.Module,
+                        optimizer: torch.optim.Optimizer, exclude_keys: tuple[str, ...] = ()) -> Path | None:
+        """Write the step checkpoint: `state` (the Trainer's named parts) plus model and optimizer; collective.
+
+        Returns the path on rank 0. `exclude_keys` (an objective's frozen state) are left out of the weights.
+        """
+        weights = self.model_state_dict(model)
+        for key in exclude_keys:
+            weights.pop(key, None)
+        full = {**state, "model": weights, "optimizer": optimizer.state_dict()}
+        path = checkpoints.save(full, step) if self.is_main else None
+        barrier()
+        return path
+
+    def load_checkpoint(self, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                        exclude_keys: tuple[str, ...] = ()) -> None:
+        """Restore model and optimizer from a loaded checkpoint (`load_checkpoint`'s dict); collective."""
+        if state.get("sharded_dir"):
+            self.load(Path(state["sharded_dir"]), model, optimizer)  # refuses another strategy's folder
+            return
+        weights = dict(state["model"])
+        if exclude_keys:  # rebuilt from their source at construction; the caller checks their fingerprint
+            live = self.unwrap(model).state_dict()
+            weights.update({key: live[key] for key in exclude_keys if key not in weights})
+        self.load_model_state_dict(model, weights)
+        optimizer.load_state_dict(state["optimizer"])
+
     def save(self, path_dir: str | Path, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> Path:
         """Write a resumable checkpoint directory in this engine's native format; collective.
 
@@ -173,3 +238,28 @@ class Strategy:
     def _reshard_message(self, path_dir: Path, saved_world_size: int) -> str:
         return (f"{path_dir}: written with world size {saved_world_size}, this run has {self.world_size}; "
                 f"the {self.name} strategy cannot reshard its checkpoints")
+
+
+class ShardedStrategy(Strategy):
+    """A strategy whose model and optimizer state live in shards per rank: checkpoints are folders it writes."""
+
+    sharded_state = True
+
+    def save_checkpoint(self, checkpoints: CheckpointManager, step: int, state: dict[str, Any], model: nn.Module,
+                        optimizer: torch.optim.Optimizer, exclude_keys: tuple[str, ...] = ()) -> Path | None:
+        """Every rank writes its shards into a temp folder; rank 0 renames it whole once all are done."""
+        tmp = checkpoints.dir / f".step_{step:08d}.tmp"
+        if self.is_main and tmp.exists():
+            shutil.rmtree(tmp)
+        barrier()
+        self.save(tmp, state, model, optimizer)
+        path = checkpoints.commit_folder(tmp, step) if self.is_main else None
+        barrier()
+        return path
+
+    def load_checkpoint(self, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                        exclude_keys: tuple[str, ...] = ()) -> None:
+        if not state.get("sharded_dir"):
+            raise CheckpointError(f"resume: a {state.get('strategy', 'single')} checkpoint cannot resume under "
+                                  f"dist.strategy={self.name}; start from its weights with load_from")
+        self.load(Path(state["sharded_dir"]), model, optimizer)  # checks strategy and world size

@@ -10,8 +10,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vfm.engine.strategies.base import BuildOptimizer, Strategy
 from vfm.errors import ConfigError
+from vfm.registry import STRATEGIES
 
 
+@STRATEGIES.register("ddp")
 class DDPStrategy(Strategy):
     """DDP over the default process group; checkpoints are plain state dicts written by rank 0.
 

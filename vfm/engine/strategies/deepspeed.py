@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO 1/2/3 behind the strategy interface (an optional dependency: `pip install 'vfm[deepspeed]'`).
 
 The DeepSpeed config is generated from vfm's settings with concrete numbers (`"auto"` values are a
-transformers feature, not DeepSpeed's) and then a raw `deepspeed_config` dict is merged over it:
+transformers feature, not DeepSpeed's) and then a raw `dist.deepspeed.config` dict is merged over it:
 
     train_batch_size                = micro_batch_size * grad_accum_steps * world_size
     train_micro_batch_size_per_gpu  = micro_batch_size
@@ -21,7 +21,7 @@ Checkpoints are DeepSpeed's own (`save_checkpoint(dir, tag, ...)`): ZeRO partiti
 per rank, so a checkpoint resumes only at the world size that wrote it. To change world size,
 convert it to a universal checkpoint (`python -m deepspeed.checkpoint.ds_to_universal --input_folder
 DIR/vfm --output_folder DIR/vfm_universal`, then rename it to `vfm`) and set
-`deepspeed_config: {checkpoint: {load_universal: true}}`, or start from its weights (`zero_to_fp32.py`).
+`dist.deepspeed.config: {checkpoint: {load_universal: true}}`, or start from its weights (`zero_to_fp32.py`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vfm.engine.strategies.base import BuildOptimizer, Strategy
-from vfm.errors import CheckpointError, ConfigError
+from vfm.engine.strategies.base import BuildOptimizer, ShardedStrategy, StrategyCaps
+from vfm.errors import CheckpointError, ConfigError, VfmError
+from vfm.registry import STRATEGIES
 
 TAG = "vfm"  # the checkpoint tag: one subdirectory per vfm checkpoint directory
 
@@ -64,22 +65,29 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-class DeepSpeedStrategy(Strategy):
+@STRATEGIES.register("deepspeed")
+class DeepSpeedStrategy(ShardedStrategy):
     """DeepSpeed ZeRO over all ranks.
 
     Args:
         zero_stage: ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters.
-        deepspeed_config: a raw DeepSpeed config dict merged over the generated one (for experts).
+        config: a raw DeepSpeed config dict merged over the generated one (for experts).
     """
 
     name = "deepspeed"
-    sharded_state = True
     scales_fp16_loss = True
 
-    def __init__(self, *, zero_stage: int = 1, deepspeed_config: dict[str, Any] | None = None, **options) -> None:
+    @classmethod
+    def capabilities(cls, options: dict) -> StrategyCaps:
+        # Gradients live in ZeRO's partitioned flat buffers: nothing outside its step may touch them.
+        stage = options.get("zero_stage", 1)
+        return StrategyCaps(ema=stage < 3, manual_gradients=False, gradient_rescaling=False)
+
+    def __init__(self, *, zero_stage: int = 1, config: dict[str, Any] | None = None, **options) -> None:
         super().__init__(**options)
+        deepspeed_config = config
         if zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"dist.zero_stage: got {zero_stage!r}, expected 0, 1, 2 or 3")
+            raise ConfigError(f"dist.deepspeed.zero_stage: got {zero_stage!r}, expected 0, 1, 2 or 3")
         self.deepspeed = import_deepspeed()
         if deepspeed_config is not None and not isinstance(deepspeed_config, dict):  # an OmegaConf node from YAML
             from omegaconf import OmegaConf
@@ -89,7 +97,7 @@ class DeepSpeedStrategy(Strategy):
         self.zero_stage = self.config["zero_optimization"]["stage"]
         expected = self.config["train_micro_batch_size_per_gpu"] * self.config["gradient_accumulation_steps"] * self.world_size
         if self.config["train_batch_size"] != expected:
-            raise ConfigError(f"deepspeed_config: train_batch_size={self.config['train_batch_size']} must equal "
+            raise ConfigError(f"dist.deepspeed.config: train_batch_size={self.config['train_batch_size']} must equal "
                               f"micro batch x accumulation x world size = {expected}")
         # Only a universal checkpoint can be loaded at another world size.
         self.reshardable = bool(self.config.get("checkpoint", {}).get("load_universal", False))
@@ -119,7 +127,10 @@ class DeepSpeedStrategy(Strategy):
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
             os.environ.setdefault("LOCAL_RANK", "0")
-        engine, ds_optimizer, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
+        try:
+            engine, ds_optimizer, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.config)
+        except (AssertionError, ValueError, TypeError, KeyError) as error:  # DeepSpeed validates its config by assert
+            raise ConfigError(f"dist.deepspeed.config: DeepSpeed refused the config: {type(error).__name__}: {error}") from error
         self.engine = engine
         return engine, ds_optimizer
 
@@ -140,7 +151,7 @@ class DeepSpeedStrategy(Strategy):
         """None: DeepSpeed clips inside `optimizer_step` to `gradient_clipping`; read `last_grad_norm` after it."""
         configured = self.config.get("gradient_clipping", 0.0)
         if float(max_norm) != float(configured):
-            raise ConfigError(f"deepspeed: clip_grad_norm={max_norm} but deepspeed_config.gradient_clipping={configured}; "
+            raise ConfigError(f"train.clip_grad_norm: {max_norm} but dist.deepspeed.config.gradient_clipping={configured}; "
                               "pass clip_grad_norm to the strategy so DeepSpeed clips")
         return None
 
@@ -158,7 +169,7 @@ class DeepSpeedStrategy(Strategy):
             raise ConfigError("deepspeed: do not pass a GradScaler; DeepSpeed scales fp16 losses itself")
         engine = self._engine()
         if not engine.is_gradient_accumulation_boundary():
-            raise RuntimeError(f"deepspeed: optimizer_step after {engine.micro_steps % engine.gradient_accumulation_steps() + 1} "
+            raise VfmError(f"deepspeed: optimizer_step after {engine.micro_steps % engine.gradient_accumulation_steps() + 1} "
                                f"backward calls; expected grad_accum_steps={engine.gradient_accumulation_steps()}")
         engine.step()
 
@@ -199,9 +210,9 @@ class DeepSpeedStrategy(Strategy):
                 f"with world size {self.world_size} (optimizer state is partitioned per rank); convert it with "
                 f"`python -m deepspeed.checkpoint.ds_to_universal --input_folder {path_dir / TAG} --output_folder "
                 f"{path_dir}_universal/{TAG}`, copy {path_dir / 'strategy.pt'} beside it and set "
-                "deepspeed_config.checkpoint.load_universal=true, or start from its weights with load_from")
+                "dist.deepspeed.config.checkpoint.load_universal=true, or start from its weights with load_from")
 
     def _engine(self) -> Any:
         if self.engine is None:
-            raise RuntimeError("deepspeed: call wrap(model, build_optimizer) first")
+            raise VfmError("deepspeed: call wrap(model, build_optimizer) first")
         return self.engine

@@ -23,8 +23,10 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from vfm.engine.strategies.base import BuildOptimizer, Strategy
+from vfm.engine.objective import inference_methods
+from vfm.engine.strategies.base import BuildOptimizer, ShardedStrategy, StrategyCaps
 from vfm.errors import ConfigError
+from vfm.registry import STRATEGIES
 
 # Attribute names under which models keep their repeated blocks (ViT `blocks`, timm `stages`, LLM `layers`).
 BLOCK_CONTAINERS = ("blocks", "layers", "stages")
@@ -47,7 +49,8 @@ def _is_inside(module: nn.Module, container: nn.Module) -> bool:
     return any(module is m for m in container.modules())
 
 
-class FSDPStrategy(Strategy):
+@STRATEGIES.register("fsdp")
+class FSDPStrategy(ShardedStrategy):
     """FSDP2 over all ranks of the default process group.
 
     Args:
@@ -57,7 +60,11 @@ class FSDPStrategy(Strategy):
 
     name = "fsdp"
     reshardable = True
-    sharded_state = True
+
+    @classmethod
+    def capabilities(cls, options: dict) -> StrategyCaps:
+        # EMA of sharded weights would need sharded shadow weights; fp16 needs a sharded grad scaler.
+        return StrategyCaps(precisions=("fp32", "bf16"), ema=False, manual_gradients=False)
 
     def __init__(self, *, reshard_after_forward: bool = True, force_sum_reduction: bool | None = None, **options) -> None:
         super().__init__(**options)
@@ -83,10 +90,10 @@ class FSDPStrategy(Strategy):
             for module in model.modules():
                 if isinstance(module, FSDPModule):
                     module.set_force_sum_reduction_for_comms(True)
-        # Methods other than forward that run the model (an objective's `predict`) need the same
-        # parameter all-gather hooks as forward.
-        if callable(getattr(model, "predict", None)):
-            register_fsdp_forward_method(model, "predict")
+        # Methods other than forward that run the model (the objective's `inference_methods`: predict,
+        # encode_image, ...) need the same parameter all-gather hooks as forward.
+        for method in inference_methods(model):
+            register_fsdp_forward_method(model, method)
         # The optimizer must see the sharded DTensor parameters, so it is built only now.
         return model, build_optimizer(model)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from vfm.engine.strategies.base import Strategy
+from vfm.registry import STRATEGIES
 
 
+@STRATEGIES.register("single")
 class SingleStrategy(Strategy):
     """Train in one process; the reference the distributed strategies are tested against."""
 

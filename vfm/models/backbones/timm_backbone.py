@@ -11,9 +11,9 @@ import timm
 import torch
 from torch import nn
 
-from vfm.engine.checkpoint import load_state_dict_file
 from vfm.errors import CheckpointError, ConfigError
 from vfm.registry import BACKBONES, close_matches
+from vfm.weights import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,128 @@
+"""Weight-file I/O below models and engine: atomic writes, safe loading (weights_only), safetensors export.
+
+Models (pretrained weights, converters) and the engine (checkpoints, load_from, export) both use these;
+neither imports the other for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vfm.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "vfm-checkpoint-v1"  # the tag of a vfm training checkpoint (a dict with model, optimizer, step, ...)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Any) -> Path:
+    """Call `write(file)` on a temp file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """torch.save through `atomic_write`: readers see the old file or the whole new one."""
+    return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Any]:
+    """Load a user-supplied .safetensors or torch file without executing code (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path)))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling and zip errors come in many types; all mean unreadable
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {detail}") from error
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: expected a mapping of tensors, got {type(state).__name__}")
+    return dict(state)
+
+
+def extract_weights(state: Mapping[str, Any], prefer_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model weights inside a vfm checkpoint or a plain/wrapped state dict."""
+    if state.get("format") == FORMAT:
+        if prefer_ema and state.get("ema") is not None:
+            return dict(state["ema"])
+        return dict(state["model"])
+    for key in ("model", "state_dict", "module"):
+        if key in state and isinstance(state[key], Mapping):
+            return dict(state[key])
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_weights(model: nn.Module, path: str | Path, prefer_ema: bool = False) -> tuple[list[str], list[str]]:
+    """Load weights only (for `load_from` and evaluation); logs and returns missing/unexpected keys."""
+    weights = extract_weights(load_state_dict_file(path), prefer_ema)
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        key = mismatched[0]
+        raise CheckpointError(
+            f"{path}: shape mismatch for {key}: {tuple(weights[key].shape)} in file, {tuple(own[key].shape)} in model"
+            f" ({len(mismatched)} mismatched keys)"
+        )
+    if weights and not any(k in own for k in weights):
+        raise CheckpointError(f"{path}: none of its {len(weights)} keys match the model (e.g. {next(iter(weights))!r})")
+    result = model.load_state_dict(weights, strict=False)
+    if result.missing_keys:
+        logger.warning("load_from %s: %d missing keys: %s", path, len(result.missing_keys), ", ".join(result.missing_keys[:8]))
+    if result.unexpected_keys:
+        logger.warning("load_from %s: %d unexpected keys: %s", path, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:8]))
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+def save_safetensors(weights: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Export weights as safetensors atomically (shared storage is cloned, as safetensors requires)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
+    data = save(tensors, metadata={"format": "pt", "producer": "vfm"})
+    return atomic_write(path, lambda file: file.write(data))
+
+
+def fingerprint(tensors: Mapping[str, torch.Tensor], keys: Iterable[str] | None = None) -> str:
+    """A sha256 over names, dtypes, shapes and bytes of `tensors` (or of `keys` among them), in sorted order."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors if keys is None else keys):
+        value = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
