@@ -39,6 +39,14 @@ def probe_batch(loader: Any, size: int, device: torch.device) -> dict[str, Any]:
     return {k: v[:size].to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def loader_batch_size(loader: Any) -> int:
+    """Samples per micro-batch of a DataLoader built with `batch_size` or with a batch sampler that has one."""
+    size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    if not isinstance(size, int):
+        raise ValueError("sharpness_monitor: cannot read the batch size from the training loader; set batch_size")
+    return size
+
+
 @HOOKS.register("sharpness_monitor")
 class SharpnessMonitor(Hook):
     """Every `every` steps, measure the curvature of the loss on a fixed probe batch and the stability ratios.
@@ -86,7 +94,7 @@ class SharpnessMonitor(Hook):
             result = measure_sharpness(
                 ObjectiveProbe(objective, self.batch),
                 eta=trainer.optimizer.param_groups[0]["lr"],
-                batch_size=self.batch_size or trainer.train_loader.batch_size,
+                batch_size=self.batch_size or loader_batch_size(trainer.train_loader),
                 probes=self.probes, lanczos_iters=self.lanczos_iters, alignment_samples=self.alignment_samples,
                 mu=self.mu, seed=self.seed + trainer.step,
             )
