@@ -155,8 +155,20 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=adds)
         except OmegaConfBaseException as error:
-            raise ConfigError(f"override {text!r}: {_one_line(error)}") from error
+            if not (isinstance(value, dict) and _replace_typed_mapping(cfg, key, value)):
+                raise ConfigError(f"override {text!r}: {_one_line(error)}") from error
     return cfg
+
+
+def _replace_typed_mapping(cfg: DictConfig, key: str, value: dict) -> bool:
+    """Replace a mapping whose values have a schema (e.g. eval.sets) whole: empty it, then merge `value` in, so
+    each entry is validated against that schema. False when that fails too (the caller reports the first error)."""
+    try:
+        OmegaConf.update(cfg, key, {}, merge=False)
+        OmegaConf.update(cfg, key, value, merge=True)
+    except OmegaConfBaseException:
+        return False
+    return True
 
 
 def _check_addable(cfg: DictConfig, key: str, text: str) -> None:

@@ -94,6 +94,9 @@ def test_sum_count_losses_across_ranks_equal_one_process(tmp_path):
         return [r["loss"] for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
 
     assert losses(ddp) == pytest.approx(losses(single), rel=1e-5)
+    # Only rank 1 logs 'odd_rank' (= 1.0): merged by name it is 1.0, where a positional merge would mix up keys.
+    train = [r for r in map(json.loads, (ddp / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert {r["odd_rank"] for r in train} == {1.0} and all(r["tower_training"] == 1.0 for r in train)
 
 
 def test_seeded_gradient_noise_keeps_replicas_identical_and_matches_one_process(tmp_path):

@@ -261,3 +261,63 @@ def test_poisson_sampler_draws_independent_batches_and_resumes(tmp_path):
     assert [len(b) for b in sampler] == [len(sampler.draw(1, 2)), len(sampler.draw(1, 3))]
     with pytest.raises(ConfigError, match=r"data.sampler.sample_rate: got 1.5, expected a probability in \(0, 1\]"):
         make_trainer(tmp_path, "data.sampler={type: poisson, sample_rate: 1.5}")
+
+
+# ------------------------------------------------------------------------------------ evaluation sets
+SETS = ("eval.sets={a: {dataset: {type: test_records, size: 30, seed: 1}, evaluators: [{type: test_mse}], interval: 2},"
+        " b: {dataset: {type: test_records, size: 21, seed: 2}, evaluators: [{type: test_prompt_accuracy}], interval: 3,"
+        " batch_size: 5}}")
+
+
+def test_named_sets_run_at_their_intervals_and_eval_py_reads_them(tmp_path):
+    work = tmp_path / "run"
+    run_tool("train", CONTRACTS, SETS, "eval.metric=a/mse", "eval.mode=min", f"work_dir={work}", check=True)
+    logged = [(r["split"], r["step"], sorted(k for k in r if k not in ("split", "step"))) for r in records_all(work)]
+    assert logged == [("val/a", 2, ["mse"]), ("val/b", 3, ["accuracy", "count", "median_distance"]), ("val/a", 4, ["mse"]),
+                      ("val/a", 6, ["mse"]), ("val/b", 6, ["accuracy", "count", "median_distance"])]
+    best = load_checkpoint(work / "checkpoints" / "best.pt")
+    a_values = [r["mse"] for r in records_all(work) if r["split"] == "val/a"]
+    assert best["best"]["value"] == min(a_values) and best["best"]["metric"] == "a/mse"
+    # Two checkpoints, one set: one column each; values equal what training logged at those steps.
+    out = run_tool("eval", work / "config.yaml", work / "checkpoints" / "step_00000002.pt",
+                   work / "checkpoints" / "step_00000006.pt", "--set", "a", "--out", tmp_path / "m.json", check=True)
+    table = json.loads((tmp_path / "m.json").read_text())
+    assert table[str(work / "checkpoints" / "step_00000002.pt")] == {"a/mse": pytest.approx(a_values[0], rel=1e-9)}
+    assert table[str(work / "checkpoints" / "step_00000006.pt")] == {"a/mse": pytest.approx(a_values[-1], rel=1e-9)}
+    assert "step_00000002.pt" in out.stdout.splitlines()[0]
+    unknown = run_tool("eval", work / "config.yaml", work / "model.safetensors", "--set", "c")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "error: --set c: no such evaluation set in eval.sets or data.val (available: a, b)"
+
+
+def records_all(work: Path) -> list[dict]:
+    return [r for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines()) if r["split"].startswith("val")]
+
+
+def test_eval_metric_must_name_an_existing_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"eval.metric: 'c/mse' needs data.val .* or names a set of eval.sets as "
+                                          r"<set>/<metric> \(a/<metric>, b/<metric>\)"):
+        make_trainer(tmp_path, SETS, "eval.metric=c/mse")
+
+
+def test_strategy_options_are_checked_against_the_strategy_schema(tmp_path):
+    result = run_tool("train", CONTRACTS, f"work_dir={tmp_path}", "dist.ddp={static_grap: true}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: dist.ddp.static_grap: unknown option of the ddp strategy (did you mean "
+                                     "'static_graph'?); accepted: find_unused_parameters, static_graph")
+    typed = run_tool("train", CONTRACTS, f"work_dir={tmp_path}", "dist.fsdp={reshard_after_forward: maybe}")
+    assert typed.returncode == 2 and "dist.fsdp.reshard_after_forward: expected bool, got str 'maybe'" in typed.stderr
+    ema = run_tool("train", CONTRACTS, f"work_dir={tmp_path}", "dist.strategy=deepspeed", "dist.deepspeed={zero_stage: 3}",
+                   "ema.enabled=true")
+    assert ema.returncode == 2 and "ema.enabled: got True, expected false with dist.strategy=deepspeed" in ema.stderr
+
+
+def test_streams_run_by_steps_and_need_no_length(tmp_path):
+    stream = "data.train={type: test_record_stream, size: 40}"
+    trainer = make_trainer(tmp_path, stream, "objective={type: test_linear, record_ids: true}", "train.max_steps=12",
+                           "checkpoint.interval=0")
+    trainer.train()
+    seen = trainer.objective.seen
+    assert len(seen) == 48 and sorted(seen[:40]) == list(range(40)) and trainer.data.epoch == 1  # one epoch, then more
+    with pytest.raises(ConfigError, match="train.max_epochs: the training stream has no length; set train.max_steps"):
+        make_trainer(tmp_path / "b", stream, "train.max_epochs=1", "train.max_steps=null")

@@ -141,6 +141,8 @@ class LinearObjective(nn.Module):
             self.seen.extend(batch["id"].tolist())
         pred = self.net(self.tower(batch["x"]))
         logs = {"tower_training": torch.tensor(float(self.tower.training))}
+        if get_rank() % 2 == 1:  # a key only some ranks log: merged by name, counted where present
+            logs["odd_rank"] = torch.tensor(float(get_rank()))
         if self.sum_count:
             # Each record counts `tokens` times: the global mean is over all tokens of all micro-batches and ranks.
             per_record = ((pred - batch["y"]) ** 2).mean(dim=1) * batch["tokens"]

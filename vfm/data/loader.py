@@ -10,6 +10,7 @@ that state from every worker, so a stream resumes exactly too (at the worker cou
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -58,6 +59,8 @@ def build_loader(node: Any, path: str, data_cfg: Any, seed: int, train: bool, ra
     if is_stream(dataset):
         from torchdata.stateful_dataloader import StatefulDataLoader
 
+        # torchdata 0.11 calls a torch API deprecated since; the warning says nothing a user can act on.
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
         return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=data_cfg.num_workers,
                                   pin_memory=data_cfg.pin_memory, drop_last=train, collate_fn=_collate(dataset),
                                   generator=torch.Generator().manual_seed(seed + rank))

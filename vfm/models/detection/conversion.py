@@ -121,10 +121,7 @@ def convert_checkpoint_file(
 
     Keys get the objective's `model.` prefix, so `load_from` and tools/eval.py take the file as it is.
     """
-    try:  # weight-file I/O sits below models and engine; older trees kept it in the engine
-        from vfm.weights import load_state_dict_file, save_safetensors
-    except ImportError:
-        from vfm.engine.checkpoint import load_state_dict_file, save_safetensors
+    from vfm.weights import load_state_dict_file, save_safetensors
 
     # facebookresearch/detr and Deformable-DETR files carry their argparse.Namespace `args`: a plain attribute bag,
     # allowed beside tensors; anything else that is not weights still fails the weights-only load.
