@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=10_000)
     parser.add_argument("--escape-steps", type=int, default=3000)
     parser.add_argument("--escape-eta", type=float, default=0.5, help="GD's eta and the restarted SGD's")
-    parser.add_argument("--escape-batch-size", type=int, default=2)
+    parser.add_argument("--escape-batch-size", type=int, default=8)
     parser.add_argument("--out", default=str(REPO / "docs" / "figures"))
     args = parser.parse_args()
 
