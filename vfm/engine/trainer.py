@@ -171,6 +171,17 @@ class Trainer:
         """The factor gradients carry at `after_backward` (the fp16 loss scale, else 1)."""
         return float(self.scaler.get_scale()) if self.scaler is not None else 1.0
 
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step over all ranks (micro-batch x accumulation x world size)."""
+        return self.cfg.data.batch_size * self.accum * self.world_size
+
+    def log_metrics(self, values: dict[str, float], split: str = "train") -> None:
+        """Record scalars at the current step (for hooks): metrics.jsonl, TensorBoard and the console, on rank 0."""
+        if getattr(self, "metrics_log", None) is None:
+            raise VfmError("log_metrics: the trainer logs only while train() runs")
+        self.metrics_log.log(self.step, values, prefix=split)
+
     def weights_finite(self) -> bool:
         """All ranks agree whether every weight (every rank's shard) is finite."""
         return bool(all_reduce_mean(torch.tensor([1.0 if all_finite(self.objective) else 0.0])).item() == 1.0)
@@ -385,6 +396,7 @@ class Trainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
         metrics_log = MetricsLogger(self.work_dir, self.is_main and not dry_run, cfg.train.tensorboard,
                                     cfg.train.progress_bar, self.max_steps, self.step)
+        self.metrics_log = metrics_log
         last: dict[str, Any] = {}
         window_start, window_samples = time.perf_counter(), 0
         run_start_step, run_start = self.step, time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def test_monitor_measures_every_k_steps_and_matches_a_direct_measurement(tmp_pat
     trainer.train()
     monitor = next(h for h in trainer.hooks if isinstance(h, SharpnessMonitor))
     assert [record["step"] for record in monitor.history] == [4, 8]
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in logged if r["split"] == "sharpness"]
+    assert [r["step"] for r in logged] == [4, 8] and logged[-1]["sharpness_mu"] == monitor.last["sharpness_mu"]
     last = monitor.last
     # |lambda| <= ||H||_F for any symmetric matrix, so Lanczos and Hutchinson must agree up to the latter's error.
     assert abs(last["sharpness_top_eigenvalue"]) <= last["sharpness_hessian_frobenius"] + 3 * last["sharpness_hessian_frobenius_stderr"]

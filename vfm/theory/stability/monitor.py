@@ -39,20 +39,13 @@ def probe_batch(loader: Any, size: int, device: torch.device) -> dict[str, Any]:
     return {k: v[:size].to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def loader_batch_size(loader: Any) -> int:
-    """Samples per micro-batch of a DataLoader built with `batch_size` or with a batch sampler that has one."""
-    size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
-    if not isinstance(size, int):
-        raise ValueError("sharpness_monitor: cannot read the batch size from the training loader; set batch_size")
-    return size
-
-
 @HOOKS.register("sharpness_monitor")
 class SharpnessMonitor(Hook):
     """Every `every` steps, measure the curvature of the loss on a fixed probe batch and the stability ratios.
 
-    Values (prefixed `sharpness_`) are kept in `history` and `last`, and added to the step's outputs so that
-    they reach metrics.jsonl on logging steps (choose `every` as a multiple of `train.log_interval`).
+    Values (prefixed `sharpness_`) are logged through `trainer.log_metrics` (metrics.jsonl records with split
+    `sharpness`, TensorBoard) and kept in `history` (checkpointed) and `last`. B defaults to the run's global
+    batch size (micro-batch x accumulation x ranks); eta is the first parameter group's learning rate.
     """
 
     def __init__(self, every: int = 100, probe_size: int = 64, probes: int = 16, lanczos_iters: int = 20,
@@ -81,7 +74,14 @@ class SharpnessMonitor(Hook):
         values = self.measure(trainer)
         self.history.append({"step": trainer.step, **values})
         self.last = values
-        outputs.update(values)
+        trainer.log_metrics(values, split="sharpness")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.last = dict(self.history[-1]) if self.history else {}
 
     def measure(self, trainer: Trainer) -> dict[str, float]:
         """One measurement at the trainer's current weights (restores the objective's train/eval mode)."""
@@ -94,7 +94,7 @@ class SharpnessMonitor(Hook):
             result = measure_sharpness(
                 ObjectiveProbe(objective, self.batch),
                 eta=trainer.optimizer.param_groups[0]["lr"],
-                batch_size=self.batch_size or loader_batch_size(trainer.train_loader),
+                batch_size=self.batch_size or trainer.global_batch_size,
                 probes=self.probes, lanczos_iters=self.lanczos_iters, alignment_samples=self.alignment_samples,
                 mu=self.mu, seed=self.seed + trainer.step,
             )
