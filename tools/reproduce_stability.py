@@ -28,6 +28,7 @@ def plot(grid: list[dict], escape: dict, start: dict, mu_hat: float, out: Path) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     done = [r for r in grid if r["final"]]
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
@@ -40,6 +41,7 @@ def plot(grid: list[dict], escape: dict, start: dict, mu_hat: float, out: Path) 
     ax.plot(line, [x / math.sqrt(mu_hat) for x in line], "k--", label=f"bound sqrt(B/mu)/eta, mu = {mu_hat:.3f}")
     ax.set(xscale="log", yscale="log", xlabel="sqrt(B) / eta", ylabel="||G||_F at the end (exact)",
            title="digits MLP, square loss")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor log ticks' labels overlap
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "stability_frobenius_vs_bound.png", dpi=120)
