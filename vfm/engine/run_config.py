@@ -118,6 +118,14 @@ class CheckpointConfig:
     """Export final weights as work_dir/model.safetensors."""
 
 
+def _strategy_defaults(name: str) -> Dict[str, Any]:
+    # Filled from the strategy class's keyword-only arguments, its schema, so overrides such as
+    # dist.deepspeed.zero_stage=2 need no `+` and a typo gets a did-you-mean.
+    from vfm.engine.strategies import strategy_option_defaults
+
+    return strategy_option_defaults(name)
+
+
 @dataclass
 class DistConfig:
     """How the processes of a launch (torchrun, srun) train together."""
@@ -127,12 +135,12 @@ class DistConfig:
     checkpoint folders) or deepspeed (ZeRO, DeepSpeed's checkpoint folders; the `deepspeed` extra)."""
     timeout_s: float = 1800.0
     """Rendezvous and collective timeout: a missing rank fails the run instead of hanging it."""
-    ddp: Dict[str, Any] = field(default_factory=dict)
+    ddp: Dict[str, Any] = field(default_factory=lambda: _strategy_defaults("ddp"))
     """Options of the ddp strategy: find_unused_parameters, static_graph (DDP's own options)."""
-    fsdp: Dict[str, Any] = field(default_factory=dict)
+    fsdp: Dict[str, Any] = field(default_factory=lambda: _strategy_defaults("fsdp"))
     """Options of the fsdp strategy: reshard_after_forward (true: ZeRO-3 like; false: keep gathered parameters
     until backward), force_sum_reduction (null: on with gloo)."""
-    deepspeed: Dict[str, Any] = field(default_factory=dict)
+    deepspeed: Dict[str, Any] = field(default_factory=lambda: _strategy_defaults("deepspeed"))
     """Options of the deepspeed strategy: zero_stage (0-3, default 1), config (a raw DeepSpeed config merged over
     the generated one; batch sizes, clipping and precision come from data/train)."""
 

@@ -43,6 +43,13 @@ def validate_strategy_options(name: str, options: Any, path: str) -> dict[str, A
     return dict(options)
 
 
+def strategy_option_defaults(name: str) -> dict[str, Any]:
+    """The options of strategy `name` with their defaults (what `dist.<name>` holds when a config sets nothing)."""
+    cls = strategy_class(name)
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+
+
 def strategy_caps(name: str, options: Mapping[str, Any] | None = None) -> StrategyCaps:
     """What strategy `name` supports with these options (checked before any work)."""
     return strategy_class(name).capabilities(dict(options or {}))
@@ -57,4 +64,5 @@ def build_strategy(name: str, **settings: Any) -> Strategy:
 
 
 __all__ = ["STRATEGIES", "Strategy", "StrategyCaps", "build_strategy", "strategy_caps", "strategy_class",
+           "strategy_option_defaults",
            "validate_strategy_options"]

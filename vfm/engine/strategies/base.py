@@ -28,6 +28,7 @@ from torch import nn
 from vfm.dist.collectives import barrier, get_rank, get_world_size
 from vfm.engine.checkpoint import SHARDED_META, CheckpointManager, atomic_torch_save, load_state_dict_file
 from vfm.errors import CheckpointError, ConfigError
+from vfm.weights import FORMAT
 
 BuildOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
 META_FILE = SHARDED_META  # rank 0's client state plus which strategy and world size wrote the checkpoint
@@ -252,7 +253,7 @@ class ShardedStrategy(Strategy):
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
         barrier()
-        self.save(tmp, state, model, optimizer)
+        self.save(tmp, {"format": FORMAT, **state}, model, optimizer)
         path = checkpoints.commit_folder(tmp, step) if self.is_main else None
         barrier()
         return path
