@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_tool
+from conftest import REPO, run_tool
 from vfm.engine.checkpoint import CheckpointManager, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -65,6 +65,10 @@ def test_resume_after_kill_is_bit_identical(tmp_path, tiny_config):
     def losses(work):
         return {r["step"]: r["loss"] for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"}
     assert {s: v for s, v in losses(killed).items() if s > 4} == {s: v for s, v in losses(straight).items() if s > 4}
+    # Steps 5 and 6 ran twice (killed after 5, resumed from 4), yet metrics.jsonl has each record once, as straight has.
+    def records(work):
+        return [(r["step"], r["split"]) for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines())]
+    assert records(killed) == records(straight)
 
 
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path, tiny_config):
@@ -121,17 +125,19 @@ def test_load_from_reports_and_loads_weights(tmp_path, tiny_config):
     run_tool("train", tiny_config, f"work_dir={source}", "ema.enabled=false", check=True)
     target = tmp_path / "target"
     result = run_tool("train", tiny_config, f"work_dir={target}", f"load_from={source / 'model.safetensors'}",
-                      "train.max_steps=2", "optim.lr=0.0", "ema.enabled=false", "objective.backbone.drop_rate=0.0", check=True)
+                      "train.max_steps=2", "hooks=[{type: freeze_parameters, patterns: ['*conv*']}]", "ema.enabled=false",
+                      "objective.backbone.drop_rate=0.0", check=True)
     assert result.returncode == 0
-    # BatchNorm running statistics move even at lr 0, so compare the convolution weights only.
+    # The convolutions are frozen (a zero lr is refused); the other weights and BatchNorm statistics move.
     a, b = load_file(source / "model.safetensors"), load_file(target / "model.safetensors")
     conv = [k for k in a if k.endswith("conv1.weight")]
     assert conv and all(torch.equal(a[k], b[k]) for k in conv)
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1", "SIGINT"])
 def test_preemption_signal_checkpoints_and_resume_is_exact(tmp_path, tiny_config, signal_name):
-    """SIGTERM/SIGUSR1 mid-run: the step finishes, a checkpoint is written, exit 0; resume=auto ends bit-identical."""
+    """SIGTERM/SIGUSR1/Ctrl-C mid-run: the step finishes, a checkpoint is written, exit 0; resume=auto ends
+    bit-identical."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run_tool("train", tiny_config, f"work_dir={straight}", check=True)
     result = run_tool("train", tiny_config, f"work_dir={stopped}", f"hooks=[{{type: test_signal_at_step, step: 3, signal_name: {signal_name}}}]")
@@ -141,3 +147,86 @@ def test_preemption_signal_checkpoints_and_resume_is_exact(tmp_path, tiny_config
     assert not (stopped / "model.safetensors").exists()
     run_tool("train", tiny_config, f"work_dir={stopped}", "resume=auto", check=True)
     assert _weights_equal(load_file(straight / "model.safetensors"), load_file(stopped / "model.safetensors"))
+
+
+CONTRACTS = REPO / "tests" / "configs" / "contracts.yaml"
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fresh_run_in_a_used_work_dir_is_refused_then_overwrite_starts_afresh(tmp_path):
+    """A fresh run never adopts or prunes another run's checkpoints: refused with the choices, or overwrite."""
+    work = tmp_path / "run"
+    run_tool("train", CONTRACTS, f"work_dir={work}", check=True)
+    before = _snapshot(work)
+    refused = run_tool("train", CONTRACTS, f"work_dir={work}", "train.max_steps=2")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(work) in lines[0], lines
+    for choice in ("resume=auto", "a new work_dir", "checkpoint.overwrite=true"):
+        assert choice in lines[0], (choice, lines[0])
+    assert _snapshot(work) == before  # nothing written, nothing deleted
+
+    fresh = run_tool("train", CONTRACTS, f"work_dir={work}", "train.max_steps=2", "checkpoint.overwrite=true", check=True)
+    assert "deleted 4 checkpoint file(s) of an earlier run" in fresh.stdout
+    assert [p.name for p in CheckpointManager(work).step_checkpoints()] == ["step_00000002.pt"]
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in records}) == [1, 2]  # the old run's log went with its checkpoints
+    resumed = run_tool("train", CONTRACTS, f"work_dir={work}", "resume=auto", check=True)
+    assert "at step 2" in resumed.stdout  # the new run continues, not the old one
+    assert load_checkpoint(work / "checkpoints" / "step_00000006.pt")["run_id"] == load_checkpoint(
+        work / "checkpoints" / "step_00000002.pt")["run_id"]
+
+
+def test_restart_over_corrupt_checkpoints_keeps_its_own(tmp_path):
+    """Every step checkpoint corrupt: the restart starts from scratch and its new checkpoints are not pruned."""
+    work = tmp_path / "run"
+    run_tool("train", CONTRACTS, f"work_dir={work}", check=True)
+    for path in CheckpointManager(work).step_checkpoints():
+        path.write_bytes(path.read_bytes()[:200])
+    (work / "checkpoints" / ".step_00000008.pt.4242424.tmp").write_bytes(b"a killed write")
+    restart = run_tool("train", CONTRACTS, f"work_dir={work}", "resume=auto", "train.max_steps=4",
+                       "checkpoint.keep_last=1", check=True)
+    assert "removed 1 temp file(s) of interrupted writes" in restart.stdout
+    assert (work / "last_checkpoint").read_text() == "checkpoints/step_00000004.pt"
+    assert load_checkpoint(work / "checkpoints" / "step_00000004.pt")["step"] == 4
+    assert not (work / "checkpoints" / "step_00000002.pt").exists()  # the restart's own older one was pruned
+    assert (work / "checkpoints" / "step_00000006.pt").is_file()  # the corrupt file is nobody's: left alone
+    assert not (work / "checkpoints" / ".step_00000008.pt.4242424.tmp").exists()
+
+
+def test_metrics_after_a_resume_hold_each_step_once(tmp_path):
+    """Killed after step 5 (newest checkpoint: 4), resumed: step 5 runs twice but is recorded once."""
+    work = tmp_path / "run"
+    died = run_tool("train", CONTRACTS, f"work_dir={work}", "hooks=[{type: test_kill_at_step, step: 5}]")
+    assert died.returncode == -signal.SIGKILL
+    logged = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5]  # the killed run got to log step 5
+    run_tool("train", CONTRACTS, f"work_dir={work}", "resume=auto", check=True)
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    straight = tmp_path / "straight"
+    run_tool("train", CONTRACTS, f"work_dir={straight}", check=True)
+    expected = [json.loads(line)["loss"] for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records] == expected  # one record per step, with the losses of a straight run
+
+
+def test_ctrl_c_with_loader_workers_and_a_second_ctrl_c(tmp_path):
+    """Ctrl-C (to the whole process group, as a terminal sends it) while a step still needs batches from the
+    DataLoader workers: the step finishes, a checkpoint, exit 0; a second Ctrl-C aborts at once, exit 130."""
+    work = tmp_path / "run"
+    # 8 micro-batches a step: more than the workers have prefetched when the signal comes.
+    once = run_tool("train", CONTRACTS, f"work_dir={work}", "data.num_workers=2", "train.grad_accum_steps=8",
+                    "data.train.size=400", "hooks=[{type: test_signal_at_step, step: 3, signal_name: SIGINT, "
+                    "process_group: true, during_step: true}]")
+    assert once.returncode == 0, once.stderr[-2000:]
+    assert "Ctrl-C: finishing step 3" in once.stdout and "stopped by SIGINT after step 3" in once.stdout
+    assert once.stdout.count("Ctrl-C:") == 1  # the workers ignore it (forked, they would run the Trainer's handler)
+    assert (work / "last_checkpoint").read_text() == "checkpoints/step_00000003.pt"
+    twice = tmp_path / "twice"
+    aborted = run_tool("train", CONTRACTS, f"work_dir={twice}", "checkpoint.interval=0",
+                       "hooks=[{type: test_signal_at_step, step: 3, signal_name: SIGINT, times: 2}]")
+    assert aborted.returncode == 130 and aborted.stderr.strip() == "interrupted", aborted.stderr[-2000:]
+    assert not (twice / "checkpoints").exists() and not (twice / "model.safetensors").exists()

@@ -25,8 +25,30 @@ BASE_KEY = "_base_"
 _OVERRIDE_RE = re.compile(r"^(\+?)([A-Za-z_][\w-]*(?:\.[\w-]+)*)=(.*)$", re.DOTALL)
 
 
+class _DuplicateKeyError(yaml.MarkedYAMLError):
+    """A key that appears twice in one YAML mapping (PyYAML keeps the last silently)."""
+
+
 class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`); never executes code."""
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`), refuses duplicate keys, and never
+    executes code."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        # Checked before merge keys (`<<: *base`) are flattened in: a key that overrides a merged one is fine.
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first_line
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if seen:
+                raise _DuplicateKeyError(None, None, f"duplicate key {key!r} (first at line {first_line[key]}); "
+                                         "each key may appear once in a mapping", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -51,9 +73,21 @@ def parse_yaml(text: str, source: str) -> Any:
         mark = error.problem_mark or error.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = error.problem or error.context or "invalid YAML"
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from error
+        kind = "YAML error" if isinstance(error, _DuplicateKeyError) else "YAML syntax error"
+        raise ConfigError(f"{where}: {kind}: {problem}") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: YAML error: {error}") from error
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a config file, which must be UTF-8 (whatever the locale says)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+                          "expected a UTF-8 encoded YAML file") from error
 
 
 def merge_trees(base: Any, override: Any) -> Any:
@@ -78,7 +112,7 @@ def load_yaml_tree(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str,
     if not path.is_file():
         where = f" (a _base_ of {_stack[-1]})" if _stack else ""
         raise ConfigError(f"{path}: config file not found{where}")
-    tree = parse_yaml(path.read_text(), str(path))
+    tree = parse_yaml(read_utf8(path), str(path))
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
@@ -247,7 +281,7 @@ def dump_config(cfg: DictConfig, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     tmp.replace(path)
 
 

@@ -6,9 +6,12 @@ neither imports the other for it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,14 +40,19 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write(path: str | Path, write: Any) -> Path:
     """Call `write(file)` on a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # disk full, read-only or vanished folder: the previous file is untouched
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CheckpointError(f"{path.parent}: cannot write {path.name}: {error.strerror or error} "
+                              "(files written earlier are intact)") from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -68,12 +76,47 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
 
             return dict(load_file(str(path)))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling and zip errors come in many types; all mean unreadable
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if refused:
+            raise CheckpointError(f"{path}: refused: loading it would call {refused.group(1)}, and vfm loads only "
+                                  "tensors and plain containers from checkpoints") from error
+        # torch's text around the cause suggests weights_only=False, which would run the file's code: left out.
+        detail = next((line for line in map(str.strip, str(error).splitlines()) if line and "weights_only" not in line
+                       and "Weights only load failed" not in line and not line.startswith("Check the documentation")),
+                      "unreadable pickle data")
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {detail}") from error
+    except Exception as error:  # unpickling and zip errors come in many types; all mean unreadable
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {_first_line(error)}") from error
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: expected a mapping of tensors, got {type(state).__name__}")
     return dict(state)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def describe_mismatch(own: Mapping[str, torch.Tensor], loaded: Mapping[str, Any], ignore: Iterable[str] = ()) -> str | None:
+    """How `loaded` weights fail to fit a model whose state dict is `own` (first keys named), or None when they fit."""
+    ignore = set(ignore)
+    missing = [k for k in own if k not in loaded and k not in ignore]
+    unexpected = [k for k in loaded if k not in own]
+    shapes = [k for k in own if k in loaded and isinstance(loaded[k], torch.Tensor) and loaded[k].shape != own[k].shape]
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    parts = []
+    if shapes:
+        key = shapes[0]
+        parts.append(f"shape of {key}: {tuple(loaded[key].shape)} in file, {tuple(own[key].shape)} in model"
+                     + (f" (+{len(shapes) - 1} more)" if len(shapes) > 1 else ""))
+    if missing:
+        parts.append(f"missing {first(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {first(unexpected)}")
+    return "; ".join(parts) or None
 
 
 def extract_weights(state: Mapping[str, Any], prefer_ema: bool = False) -> dict[str, torch.Tensor]:

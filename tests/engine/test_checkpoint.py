@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -227,8 +228,9 @@ def test_load_state_dict_file_refuses_arbitrary_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"weight": torch.zeros(1), "payload": Payload()}, path)
     EXECUTED.clear()
-    with pytest.raises(CheckpointError, match=r"evil\.pt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused: loading it would call \S*_record_execution") as refused:
         load_state_dict_file(path)
+    assert "weights_only" not in str(refused.value) and "corrupt" not in str(refused.value)
     assert EXECUTED == []  # nothing in the file ran
     # the same file is a working exploit for a plain pickle load: the check is not vacuous
     torch.load(path, weights_only=False)
@@ -244,6 +246,10 @@ def test_load_state_dict_file_rejects_missing_truncated_and_non_mapping_files(tm
     truncate(path)
     with pytest.raises(CheckpointError, match=r"cut\.pt: not a readable checkpoint \(corrupt or truncated\?\)"):
         load_state_dict_file(path)
+    (tmp_path / "text.pt").write_text("not a checkpoint at all")  # torch's message suggests weights_only=False
+    with pytest.raises(CheckpointError, match=r"text\.pt: not a readable checkpoint .*: Unsupported operand") as garbage:
+        load_state_dict_file(tmp_path / "text.pt")
+    assert "weights_only" not in str(garbage.value)
     (tmp_path / "cut.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match=r"not a readable checkpoint"):
         load_state_dict_file(tmp_path / "cut.safetensors")
@@ -326,3 +332,95 @@ def test_all_finite():
     model = make_model()
     model[1].running_var[1] = float("inf")  # floating buffers are checked too
     assert not all_finite(model)
+
+
+# --------------------------------------------------------------------- runs sharing a folder, temp files
+def test_prune_never_counts_another_runs_checkpoints(tmp_path):
+    old = CheckpointManager(tmp_path, keep_last=2, run_id="old")
+    for step in (10, 20, 30):
+        old.save(train_state(step), step)
+    new = CheckpointManager(tmp_path, keep_last=2, run_id="new")
+    for step in (4, 8, 12):
+        new.save(train_state(step), step)
+        assert new.step_path(step).is_file()  # what was just written survives its own save
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    # The old run's two newest are untouched; the new run kept its own two newest (4 was its oldest).
+    assert names == ["step_00000008.pt", "step_00000012.pt", "step_00000020.pt", "step_00000030.pt"]
+    assert load_checkpoint(new.step_path(12))["run_id"] == "new"
+    assert load_checkpoint(old.step_path(30))["run_id"] == "old"
+
+
+def test_prune_ignores_corrupt_checkpoints(tmp_path):
+    old = CheckpointManager(tmp_path, keep_last=5, run_id="old")
+    for step in (10, 20, 30):
+        truncate(old.save(train_state(step), step), keep=0.2)
+    new = CheckpointManager(tmp_path, keep_last=1, run_id="new")
+    new.save(train_state(2), 2)
+    assert new.step_path(2).is_file()  # corrupt step 10..30 do not outrank it
+    new.save(train_state(4), 4)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000004.pt", "step_00000010.pt", "step_00000020.pt", "step_00000030.pt"]
+
+
+def test_prune_after_a_rewind_drops_the_abandoned_branch_first(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2, run_id="run")
+    for step in (2, 4, 6, 8):
+        manager.save(train_state(step), step)
+    resumed = CheckpointManager(tmp_path, keep_last=2, run_id="run")  # resume=checkpoints/step_00000006.pt
+    resumed.save(train_state(7), 7)
+    assert [p.name for p in resumed.step_checkpoints()] == ["step_00000007.pt", "step_00000006.pt"]
+
+
+def test_foreign_and_existing_checkpoints(tmp_path):
+    manager = CheckpointManager(tmp_path, run_id="a")
+    assert manager.existing_checkpoints() == []
+    manager.save(train_state(1), 1)
+    CheckpointManager(tmp_path, run_id="b").save(train_state(2), 2)
+    truncate(manager.save(train_state(3), 3))
+    manager.save_best(train_state(1))
+    assert [p.name for p in manager.foreign_checkpoints("a")] == ["step_00000002.pt"]  # the corrupt one is nobody's
+    assert [p.name for p in manager.existing_checkpoints()] == [
+        "step_00000003.pt", "step_00000002.pt", "step_00000001.pt", "best.pt", "last_checkpoint"]
+    assert manager.delete_all() == 5 and manager.existing_checkpoints() == []
+
+
+def test_remove_stale_temp_files(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save(train_state(1), 1)
+    dead_pid = 2**22 + 12345  # above Linux's pid_max: no such process
+    stale = [manager.dir / f".step_00000002.pt.{dead_pid}.tmp", tmp_path / f".last_checkpoint.{dead_pid}.tmp",
+             tmp_path / f".model.safetensors.{dead_pid}.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    (manager.dir / ".step_00000004.tmp").mkdir()  # a sharded strategy's unfinished folder
+    (manager.dir / ".step_00000004.tmp" / "shard_0.pt").write_bytes(b"x")
+    in_flight = manager.dir / f".step_00000003.pt.{os.getppid()}.tmp"  # a live process's write is left alone
+    in_flight.write_bytes(b"being written")
+    (manager.dir / "notes.tmp").write_text("not ours")
+    removed = manager.remove_stale_temp_files()
+    assert sorted(p.name for p in removed) == sorted([p.name for p in stale] + [".step_00000004.tmp"])
+    assert sorted(p.name for p in manager.dir.iterdir()) == [in_flight.name, "notes.tmp", "step_00000001.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "last_checkpoint"]
+    assert load_checkpoint(manager.step_path(1))["step"] == 1
+
+
+def test_write_failure_names_the_folder_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path, run_id="run")
+    manager.save(train_state(1), 1)
+
+    def disk_full(obj, file) -> None:
+        file.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"checkpoints: cannot write step_00000002\.pt: No space left on device"):
+        manager.save(train_state(2), 2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in manager.dir.iterdir()) == ["step_00000001.pt"]  # no temp file left behind
+    assert manager.latest_valid()[1]["step"] == 1
+
+
+def test_write_into_a_folder_that_cannot_exist_is_one_error(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(CheckpointError, match=r"a_file/checkpoints: cannot write step_00000001\.pt: "):
+        CheckpointManager(tmp_path / "a_file").save(train_state(1), 1)

@@ -118,3 +118,15 @@ def test_cli_writes_png_and_reports_errors_in_one_line(tmp_path: Path) -> None:
     failed = _cli(str(metrics))
     assert failed.returncode == 2
     assert failed.stderr.splitlines() == [f"error: {metrics}:2: malformed JSON (Expecting value at column 1)"]
+
+
+def test_output_below_a_file_or_a_folder_is_refused_before_plotting(tmp_path: Path) -> None:
+    from vfm.errors import ConfigError
+
+    metrics = _write_run(tmp_path / "metrics.jsonl")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match=r"--out: got .*a_file', expected a folder \(it is a file\)"):
+        plot_metrics(metrics, tmp_path / "a_file" / "c.png")
+    with pytest.raises(ConfigError, match=r"--out: got .*, expected an image file name \(it is a folder\)"):
+        plot_metrics(metrics, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "metrics.jsonl"]

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from vfm.dist.collectives import all_gather_objects, all_reduce_sum, gather_rows, get_rank, get_world_size
 from vfm.engine.hooks import Hook
 from vfm.engine.objective import Requirements
+from vfm.errors import DataError
 from vfm.evaluation.base import Evaluator
 from vfm.registry import DATASETS, EVALUATORS, HOOKS, OBJECTIVES
 from vfm.weights import fingerprint, load_state_dict_file
@@ -46,6 +47,20 @@ class Records(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return make_record(index, self.seed)
+
+
+@DATASETS.register("test_failing_records")
+class FailingRecords(Records):
+    """Records that cannot be read: each raises a DataError (`kind: data`) or a plain ValueError (`kind: bug`)."""
+
+    def __init__(self, kind: str = "data", size: int = 96, seed: int = 0) -> None:
+        super().__init__(size, seed)
+        self.kind = kind
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.kind == "data":
+            raise DataError(f"test_failing_records: record {index} is unreadable")
+        raise ValueError(f"record {index}: a bug in the dataset")
 
 
 @DATASETS.register("test_record_stream")

@@ -63,14 +63,35 @@ class NanClassification(Classification):
 
 @HOOKS.register("test_signal_at_step")
 class SignalAtStep(Hook):
-    """Send `signal_name` (as Slurm does before preemption) to this process after optimizer step `step`."""
+    """Send `signal_name` (as Slurm does before preemption; SIGINT as Ctrl-C does) `times` times in a row to this
+    process after optimizer step `step`."""
 
-    def __init__(self, step: int, signal_name: str = "SIGTERM", only_rank: int | None = None) -> None:
-        self.step, self.signum, self.only_rank = step, signal.Signals[signal_name], only_rank
+    def __init__(self, step: int, signal_name: str = "SIGTERM", only_rank: int | None = None, times: int = 1,
+                 process_group: bool = False, during_step: bool = False) -> None:
+        self.step, self.signum, self.only_rank, self.times = step, signal.Signals[signal_name], only_rank, times
+        self.process_group = process_group  # signal the DataLoader workers too, as a terminal's Ctrl-C does
+        self.during_step = during_step  # arrive before step `step` starts (it still needs batches), not after it
+
+    def before_train(self, trainer: Any) -> None:
+        if self.process_group:  # a group of our own (workers start later and join it), so the test runner is spared
+            os.setpgid(0, 0)
+
+    def before_step(self, trainer: Any) -> None:
+        if self.during_step and trainer.step + 1 == self.step:
+            self._send(trainer)
 
     def after_step(self, trainer: Any, outputs: dict[str, Any]) -> None:
-        if trainer.step == self.step and self.only_rank in (None, trainer.rank):
-            os.kill(os.getpid(), self.signum)
+        if not self.during_step and trainer.step == self.step:
+            self._send(trainer)
+
+    def _send(self, trainer: Any) -> None:
+        if self.only_rank not in (None, trainer.rank):
+            return
+        for _ in range(self.times):
+            if self.process_group:
+                os.killpg(os.getpgrp(), self.signum)
+            else:
+                os.kill(os.getpid(), self.signum)
 
 
 @HOOKS.register("test_wait_for_signal_at_step")

@@ -10,6 +10,7 @@ that state from every worker, so a stream resumes exactly too (at the worker cou
 from __future__ import annotations
 
 import re
+import signal
 import warnings
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch.utils.data.dataloader import default_collate
 
 from vfm.data.sampler import ResumableBatchSampler, SeededDataset
 from vfm.data.samplers import PROVIDED
-from vfm.errors import DataError
+from vfm.errors import DataError, VfmError
 from vfm.registry import DATASETS, SAMPLERS
 
 
@@ -40,6 +41,12 @@ def build_dataset(node: Any, path: str) -> Any:
 def is_stream(dataset: Any) -> bool:
     """Whether `dataset` is a stream (an IterableDataset) rather than map-style."""
     return isinstance(dataset, IterableDataset)
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader worker init: Ctrl-C reaches the whole process group, but only the main process decides what it
+    means (finish the step, checkpoint, exit); forked workers would run the Trainer's handler as well."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _collate(dataset: Any) -> Any:
@@ -63,7 +70,7 @@ def build_loader(node: Any, path: str, data_cfg: Any, seed: int, train: bool, ra
         warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
         return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=data_cfg.num_workers,
                                   pin_memory=data_cfg.pin_memory, drop_last=train, collate_fn=_collate(dataset),
-                                  generator=torch.Generator().manual_seed(seed + rank))
+                                  generator=torch.Generator().manual_seed(seed + rank), worker_init_fn=ignore_interrupts)
     if train:
         node = sampler_node if sampler_node is not None else {"type": "resumable"}
         batch_sampler = SAMPLERS.build(node, "data.sampler", size=len(dataset), batch_size=batch_size, seed=seed,
@@ -76,10 +83,26 @@ def build_loader(node: Any, path: str, data_cfg: Any, seed: int, train: bool, ra
         num_workers=data_cfg.num_workers,
         pin_memory=data_cfg.pin_memory,
         collate_fn=_collate(dataset),
+        worker_init_fn=ignore_interrupts,
         # A private generator keeps worker seeding from consuming the global RNG, which would
         # otherwise shift dropout masks after a resume.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+_WORKER_ERROR = re.compile(r"^Caught (\w+) in DataLoader worker process (\d+)")
+
+
+def worker_error_message(error: BaseException) -> str | None:
+    """One line for an error a DataLoader worker raised (torch re-raises it carrying the worker's traceback)."""
+    match = _WORKER_ERROR.match(str(error))
+    if match is None:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    name, _, message = lines[-1].partition(": ")  # the original's own line: "vfm.errors.DataError: data.train: ..."
+    if isinstance(error, VfmError) and message:
+        return message
+    return f"DataLoader worker process {match.group(2)}: {name.rsplit('.', 1)[-1]}: {message or name}"
 
 
 def validate_sampler(node: Any) -> None:

@@ -15,7 +15,7 @@ from vfm.data.loader import build_loader, underlying_dataset
 from vfm.engine.validation import DEFAULT_SET, eval_set_names
 from vfm.errors import CheckpointError, ConfigError
 from vfm.registry import DATASETS, EVALUATORS, OBJECTIVES, import_custom_modules
-from vfm.weights import FORMAT, extract_weights, load_state_dict_file
+from vfm.weights import FORMAT, describe_mismatch, extract_weights, load_state_dict_file
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -48,14 +48,20 @@ class EvalSet:
         return "val" if self.name == DEFAULT_SET else f"val/{self.name}"
 
 
-def build_eval_sets(cfg: DictConfig, rank: int = 0, world_size: int = 1, only: list[str] | None = None) -> list[EvalSet]:
-    """The run's evaluation sets (the default one from data.val, then eval.sets), or those named in `only`."""
+def wanted_eval_sets(cfg: DictConfig, only: list[str] | None = None) -> list[str]:
+    """The names of the sets to run: all, or those in `only` (`val` is data.val's); an unknown name is an error."""
     available = eval_set_names(cfg)
     wanted = available if only is None else [DEFAULT_SET if n in ("val", DEFAULT_SET) else n for n in only]
     for name in wanted:
         if name not in available:
             shown = ", ".join("val" if n == DEFAULT_SET else n for n in available) or "none"
             raise ConfigError(f"--set {name}: no such evaluation set in eval.sets or data.val (available: {shown})")
+    return wanted
+
+
+def build_eval_sets(cfg: DictConfig, rank: int = 0, world_size: int = 1, only: list[str] | None = None) -> list[EvalSet]:
+    """The run's evaluation sets (the default one from data.val, then eval.sets), or those named in `only`."""
+    wanted = wanted_eval_sets(cfg, only)
     sets = []
     for name in wanted:
         if name == DEFAULT_SET:
@@ -123,14 +129,12 @@ def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> n
     prefer_ema = weights == "ema" or (weights == "auto" and is_run and state.get("eval_weights") == "ema")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = OBJECTIVES.build(cfg.objective, "objective")
-    result = model.load_state_dict(extract_weights(state, prefer_ema), strict=False)
+    weights = extract_weights(state, prefer_ema)
     frozen = set(getattr(model, "frozen_state_keys", lambda: ())())
-    missing = [k for k in result.missing_keys if k not in frozen]
-    if missing:
-        raise CheckpointError(
-            f"{checkpoint}: {len(missing)} model keys missing from the file (e.g. {missing[0]!r});"
-            " is it a checkpoint of this config?"
-        )
+    mismatch = describe_mismatch(model.state_dict(), weights, ignore=frozen)
+    if mismatch:
+        raise CheckpointError(f"{checkpoint}: not a checkpoint of this config's model ({mismatch})")
+    model.load_state_dict(weights, strict=False)  # strict but for the frozen keys, which come from construction
     return model.to(device).eval()
 
 
@@ -145,6 +149,7 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, weights: str = "auto",
         EVALUATORS.validate(node, f"eval.evaluators.{i}")
     for name, node in cfg.eval.sets.items():
         DATASETS.validate(node.dataset, f"eval.sets.{name}.dataset")
+    wanted_eval_sets(cfg, sets)  # before the checkpoint is read
     model = load_objective(cfg, checkpoint, weights)
     device = next(model.parameters()).device
     metrics: dict[str, float] = {}

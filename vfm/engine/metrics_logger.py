@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from vfm.weights import atomic_write
+
 logger = logging.getLogger("vfm.train")
 
 
@@ -41,11 +43,36 @@ def format_line(step: int, max_steps: int, values: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def drop_records_after(path: Path, step: int) -> int:
+    """Remove the records of steps after `step` from a metrics.jsonl (a resumed run logs them again); returns how many.
+
+    Rewritten atomically; a torn last line (a kill mid-write) goes too.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        atomic_write(path, lambda file: file.write("".join(f"{line}\n" for line in kept).encode()))
+    return dropped
+
+
 class MetricsLogger:
     """Writes metrics on rank 0 only; other ranks get a logger that does nothing."""
 
     def __init__(self, work_dir: Path, enabled: bool, tensorboard: bool, progress_bar: str, max_steps: int, start_step: int) -> None:
         self.enabled, self.max_steps = enabled, max_steps
+        if enabled:
+            drop_records_after(work_dir / "metrics.jsonl", start_step)
         self.jsonl = open(work_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115 - closed in close()
         self.writer = None
         if enabled and tensorboard:

@@ -83,7 +83,36 @@ def build_param_groups(
     return list(groups.values())
 
 
-@OPTIMIZERS.register("adamw")
+def _check_number(kwargs: dict[str, Any], path: str, key: str, ok: Any, expected: str) -> None:
+    value = kwargs.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+        raise ConfigError(f"{path}.{key}: got {value!r}, expected {expected}")
+
+
+def _check_groups(kwargs: dict[str, Any], path: str) -> None:
+    """What every vfm optimizer refuses before any work: values under which training means nothing."""
+    _check_number(kwargs, path, "lr", lambda v: v > 0, "a positive learning rate")
+    _check_number(kwargs, path, "weight_decay", lambda v: v >= 0, ">= 0")
+    _check_number(kwargs, path, "layer_decay", lambda v: 0 < v <= 1, "a value in (0, 1]")
+    for pattern, mult in (kwargs.get("lr_mult") or {}).items():
+        if mult is not None and isinstance(mult, (int, float)) and mult < 0:
+            raise ConfigError(f"optim.lr_mult.{pattern}: got {mult!r}, expected a multiplier >= 0 (or null)")
+
+
+def _check_adamw(kwargs: dict[str, Any], path: str) -> None:
+    _check_groups(kwargs, path)
+    _check_number(kwargs, path, "eps", lambda v: v > 0, "a positive number")
+    betas = kwargs.get("betas")
+    if betas is not None and (len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"{path}.betas: got {list(betas)!r}, expected two values in [0, 1)")
+
+
+def _check_sgd(kwargs: dict[str, Any], path: str) -> None:
+    _check_groups(kwargs, path)
+    _check_number(kwargs, path, "momentum", lambda v: v >= 0, ">= 0")
+
+
+@OPTIMIZERS.register("adamw", check=_check_adamw)
 def adamw(
     model: nn.Module,
     lr: float,
@@ -100,7 +129,7 @@ def adamw(
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
-@OPTIMIZERS.register("sgd")
+@OPTIMIZERS.register("sgd", check=_check_sgd)
 def sgd(
     model: nn.Module,
     lr: float,

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vfm.errors import VfmError
+from vfm.errors import ConfigError, VfmError
+from vfm.paths import check_output_folder
 
 # Bookkeeping that `MetricsLogger` writes on every train line but that makes no useful curve.
 SKIPPED_BY_DEFAULT = ("eta_s", "epoch")
@@ -93,6 +94,9 @@ def plot_metrics(
         path = path / "metrics.jsonl"
     chosen = select_series(collect_series(read_metrics(path)), keys, str(path))
     out = Path(out) if out is not None else path.with_suffix(".png")
+    check_output_folder(out.parent, "--out")
+    if out.is_dir():
+        raise ConfigError(f"--out: got {str(out)!r}, expected an image file name (it is a folder)")
 
     columns = min(3, len(chosen))
     rows = math.ceil(len(chosen) / columns)

@@ -116,6 +116,9 @@ class CheckpointConfig:
     """Step checkpoints kept on disk (best.pt is kept apart)."""
     export_safetensors: bool = True
     """Export final weights as work_dir/model.safetensors."""
+    overwrite: bool = False
+    """A fresh run (no resume) in a work dir that holds another run's checkpoints: false refuses to start; true
+    deletes those checkpoints (and the old metrics.jsonl) and starts afresh."""
 
 
 def _strategy_defaults(name: str) -> Dict[str, Any]:

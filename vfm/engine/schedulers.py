@@ -62,13 +62,24 @@ class StepSchedule(WarmupSchedule):
         return self.gamma ** sum(step >= m for m in self.milestones)
 
 
-@SCHEDULERS.register("cosine")
+def _check_warmup(kwargs: dict[str, Any], path: str) -> None:
+    """Warmup and floor settings every schedule shares, checked before any work."""
+    limits = {"warmup_steps": (lambda v: v >= 0, ">= 0"), "warmup_start_factor": (lambda v: 0 <= v <= 1, "a value in [0, 1]"),
+              "min_lr_ratio": (lambda v: 0 <= v <= 1, "a value in [0, 1]"), "gamma": (lambda v: v > 0, "a positive factor")}
+    for key, (ok, expected) in limits.items():
+        value = kwargs.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            raise ConfigError(f"{path}.{key}: got {value!r}, expected {expected}")
+
+
+@SCHEDULERS.register("cosine", check=_check_warmup)
 def cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 0.001, min_lr_ratio: float = 0.0) -> LambdaLR:
     """Linear warmup then cosine decay to `min_lr_ratio` x lr."""
     return LambdaLR(optimizer, CosineSchedule(total_steps, warmup_steps, warmup_start_factor, min_lr_ratio))
 
 
 def _check_step(kwargs: dict[str, Any], path: str) -> None:
+    _check_warmup(kwargs, path)
     if (kwargs.get("milestones") is None) == (kwargs.get("milestone_fractions") is None):
         raise ConfigError(f"{path}: set exactly one of milestones (steps) and milestone_fractions (of total_steps)")
     bad = [f for f in kwargs.get("milestone_fractions") or [] if not 0.0 < f < 1.0]
@@ -89,7 +100,7 @@ def step(optimizer: torch.optim.Optimizer, total_steps: int, milestones: list[in
     return LambdaLR(optimizer, StepSchedule(total_steps, milestones, gamma, warmup_steps, warmup_start_factor))
 
 
-@SCHEDULERS.register("constant")
+@SCHEDULERS.register("constant", check=_check_warmup)
 def constant(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 0.001) -> LambdaLR:
     """Linear warmup then a constant lr."""
     return LambdaLR(optimizer, WarmupSchedule(total_steps, warmup_steps, warmup_start_factor))

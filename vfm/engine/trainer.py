@@ -22,7 +22,7 @@ from torch import nn
 from vfm.data.loader import build_loader, is_stream, underlying_dataset
 from vfm.data.train_data import make_train_data
 from vfm.dist.collectives import all_gather_objects, all_reduce_mean, barrier, get_rank, get_world_size
-from vfm.engine.checkpoint import CheckpointManager, all_finite
+from vfm.engine.checkpoint import CheckpointManager, all_finite, new_run_id
 from vfm.engine.checkpoint_hooks import BestCheckpoint, ExportWeights
 from vfm.engine.ema import TrainableEma
 from vfm.engine.evaluate import build_eval_sets, evaluate, move_to_device
@@ -38,10 +38,11 @@ from vfm.engine.validation import (
     resolve_strategy_name,
     strategy_options,
     validate_run_config,
+    validate_work_dir,
 )
 from vfm.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError, VfmError
 from vfm.registry import HOOKS, OBJECTIVES, OPTIMIZERS, SCHEDULERS
-from vfm.weights import fingerprint, load_weights
+from vfm.weights import describe_mismatch, fingerprint, load_weights
 
 logger = logging.getLogger("vfm.train")
 
@@ -52,6 +53,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, work_dir: str | Path) -> None:
         self.cfg, self.work_dir = cfg, Path(work_dir)
         validate_run_config(cfg)
+        validate_work_dir(cfg, self.work_dir)
         train = cfg.train
         # The process group (if any) is joined by the caller (vfm.cli via vfm.dist); the strategy reads it.
         self.rank, self.world_size = get_rank(), get_world_size()
@@ -71,8 +73,11 @@ class Trainer:
         self.skipped_in_a_row = 0
         self.last_eval: dict[str, Any] | None = None  # {"step", "sets", "metrics"} of the latest evaluation
         self.exit = "running"
+        self._resumed = False
         self._last_saved_step: int | None = None
         self._stop_signal: int | None = None
+        # Rank 0's id for every rank; a resume adopts the checkpoint's, so a run keeps its id across restarts.
+        self.run_id: str = all_gather_objects(new_run_id())[0]
 
         # Objective, data, evaluation sets: from the registries; the objective refuses what it cannot run.
         objective: nn.Module = OBJECTIVES.build(cfg.objective, "objective").to(self.device)
@@ -122,7 +127,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if fp16_scaler else None
         self.ema = (TrainableEma(self.objective, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
                     if cfg.ema.enabled else None)
-        self.checkpoints = CheckpointManager(self.work_dir, cfg.checkpoint.keep_last)
+        self.checkpoints = CheckpointManager(self.work_dir, cfg.checkpoint.keep_last, self.run_id)
         self.best = None
         default_hooks: list[Hook] = []
         if cfg.eval.metric is not None:
@@ -291,6 +296,7 @@ class Trainer:
         objective_state = self.objective.extra_state() if callable(getattr(self.objective, "extra_state", None)) else None
         return {
             "step": self.step,
+            "run_id": self.run_id,
             "data": all_gather_objects(self.data.state_dict()),  # per rank: streams have a position each
             "strategy": self.strategy.name,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -321,6 +327,8 @@ class Trainer:
             if part is not None:
                 part.load_state_dict(state[name])
         self.step = state["step"]
+        if state.get("run_id"):  # checkpoints written before run ids keep the fresh one
+            self.run_id = self.checkpoints.run_id = state["run_id"]
         self._restore_data(state["data"])
         if self.best is not None and state.get("best"):
             self.best.load_state_dict(state["best"])
@@ -380,20 +388,27 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ loop
     def resume(self) -> None:
-        """Apply `cfg.resume` (auto | path | null)."""
+        """Apply `cfg.resume` (auto | path | null), once: the CLI resumes before it writes to the work dir."""
+        if self._resumed:
+            return
+        self._resumed = True
         found = self.checkpoints.resolve_resume(self.cfg.resume)
         if found is not None:
             path, state = found
+            if not state.get("sharded_dir") and isinstance(state.get("model"), dict):
+                mismatch = describe_mismatch(self.objective.state_dict(), state["model"], ignore=self.frozen_keys)
+                if mismatch:
+                    raise CheckpointError(f"resume: {path} is a checkpoint of another model ({mismatch})")
             self.load_state_dict(state)
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.data.epoch,
                         self.data.batch_in_epoch)
 
     def train(self, dry_run: bool = False) -> dict[str, Any]:
         """Run until `max_steps` (or one step with `dry_run`); returns the last logs and evaluation."""
+        if self.is_main and not dry_run:
+            self._prepare_work_dir()
         self.resume()
         cfg = self.cfg
-        if self.is_main and not dry_run:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
         metrics_log = MetricsLogger(self.work_dir, self.is_main and not dry_run, cfg.train.tensorboard,
                                     cfg.train.progress_bar, self.max_steps, self.step)
         self.metrics_log = metrics_log
@@ -454,6 +469,18 @@ class Trainer:
         barrier()
         return last
 
+    def _prepare_work_dir(self) -> None:
+        """Create the work dir, remove temp files of killed writes and, under checkpoint.overwrite, the old run."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        removed = self.checkpoints.remove_stale_temp_files()
+        if removed:
+            logger.info("removed %d temp file(s) of interrupted writes: %s", len(removed), ", ".join(p.name for p in removed))
+        if self.cfg.checkpoint.overwrite and self.cfg.resume is None:
+            deleted = self.checkpoints.delete_all()
+            if deleted:
+                logger.warning("checkpoint.overwrite=true: deleted %d checkpoint file(s) of an earlier run in %s",
+                               deleted, self.work_dir)
+
     def _after_train(self) -> None:
         """Every hook's after_train, however the run ended; on an error, a failing hook does not hide it."""
         for hook in self.hooks:
@@ -466,15 +493,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ preemption
     def _install_preemption_handlers(self) -> dict[int, Any]:
-        """On SIGUSR1/SIGTERM (Slurm's warning before preemption) finish the step, checkpoint, exit cleanly."""
+        """On SIGUSR1/SIGTERM (Slurm's warning before preemption) or Ctrl-C (SIGINT) finish the step, checkpoint,
+        exit cleanly; a second Ctrl-C aborts at once (KeyboardInterrupt, no checkpoint)."""
         self._stop_signal = None
         if threading.current_thread() is not threading.main_thread():
             return {}
 
         def request_stop(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT and self._stop_signal is not None:
+                raise KeyboardInterrupt
             self._stop_signal = signum
+            if signum == signal.SIGINT:
+                logger.warning("Ctrl-C: finishing step %d, then a checkpoint and exit; Ctrl-C again aborts at once",
+                               self.step + 1)
 
-        return {signum: signal.signal(signum, request_stop) for signum in (signal.SIGUSR1, signal.SIGTERM)}
+        return {signum: signal.signal(signum, request_stop) for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
 
     def _preemption_requested(self) -> bool:
         """Whether any rank received a stop signal (collective, so all ranks stop at the same step)."""

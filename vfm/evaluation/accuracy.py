@@ -18,6 +18,11 @@ class AccuracyEvaluator(Evaluator):
         self.topk, self.label_key = tuple(topk), label_key
         self.reset()
 
+    @classmethod
+    def metric_names(cls, topk: list[int] = (1,), **kwargs: Any) -> list[str]:
+        """accuracy for k=1, top<k>_accuracy for the others."""
+        return ["accuracy" if k == 1 else f"top{k}_accuracy" for k in topk]
+
     def reset(self) -> None:
         self.correct = torch.zeros(len(self.topk), dtype=torch.float64)
         self.total = torch.zeros((), dtype=torch.float64)
@@ -35,5 +40,5 @@ class AccuracyEvaluator(Evaluator):
     def compute(self) -> dict[str, float]:
         stats = self.reduce_sum(torch.cat([self.correct, self.total.view(1)]))
         total = max(stats[-1].item(), 1.0)
-        names = ["accuracy" if k == 1 else f"top{k}_accuracy" for k in self.topk]
+        names = self.metric_names(self.topk)
         return {name: stats[i].item() / total for i, name in enumerate(names)}

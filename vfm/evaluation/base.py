@@ -20,6 +20,14 @@ from vfm.dist.collectives import all_reduce_sum
 class Evaluator:
     """Accumulates (batch, outputs) pairs and turns them into named metrics."""
 
+    @classmethod
+    def metric_names(cls, **kwargs: Any) -> list[str] | None:
+        """The metric names `end()` returns for these constructor arguments (None: not declared).
+
+        Declared names let validation refuse an `eval.metric` the evaluators cannot produce before any work.
+        """
+        return None
+
     def begin(self, model: nn.Module, loader: Any) -> None:
         """Start a pass over `loader` with `model` (default: `reset`)."""
         self.reset()

@@ -85,6 +85,11 @@ class CocoEvaluator(Evaluator):
         self._ground_truth: Any = None  # the backend's COCO object, loaded on the first compute on rank 0
         self.reset()
 
+    @classmethod
+    def metric_names(cls, iou_type: str = "bbox", **kwargs: Any) -> list[str]:
+        """<iou_type>_AP, _AP50, _AP75, _APs, _APm, _APl."""
+        return [f"{iou_type}_{name}" for name, _, _ in SUMMARY]
+
     def reset(self) -> None:
         # image id -> its COCO result dicts; keyed by image so an image seen twice is counted once
         self.detections: dict[int, list[dict[str, Any]]] = {}

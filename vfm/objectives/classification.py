@@ -8,10 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vfm.errors import ConfigError
 from vfm.registry import BACKBONES, OBJECTIVES
 
 
-@OBJECTIVES.register("classification")
+def _check_classification(kwargs: dict[str, Any], path: str) -> None:
+    smoothing = kwargs.get("label_smoothing", 0.0)
+    if isinstance(smoothing, (int, float)) and not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"{path}.label_smoothing: got {smoothing!r}, expected a value in [0, 1)")
+    classes = kwargs.get("num_classes")
+    if isinstance(classes, int) and classes < 1:
+        raise ConfigError(f"{path}.num_classes: got {classes!r}, expected a positive integer")
+
+
+@OBJECTIVES.register("classification", check=_check_classification)
 class Classification(nn.Module):
     """A backbone whose classifier head outputs `num_classes` logits; batch = {"image", "label"}."""
 
