@@ -84,6 +84,12 @@ def test_visualize_writes_one_png_per_image(trained, shapes, tmp_path):
     enlarged = Image.open(shapes / "val" / pngs[0].name).convert("RGB").resize(drawn.size, Image.NEAREST)
     assert drawn.tobytes() != enlarged.tobytes()
 
+    # A threshold nothing reaches: each image says so, with the highest score it had.
+    strict = run_tool("visualize_detections", work / "config.yaml", work / "checkpoints" / "best.pt", shapes / "val",
+                      "--out", tmp_path / "strict", "--score-threshold", "1.0", check=True)
+    assert strict.stdout.count("no box scored >= 1.00 (the highest of") == 8, strict.stdout[-2000:]
+    assert result.stdout.count("boxes scored >= 0.00") == 8
+
     missing = run_tool("visualize_detections", work / "config.yaml", work / "checkpoints" / "best.pt",
                        tmp_path / "nowhere", "--out", out)
     assert missing.returncode == 2 and "nowhere: no such image or folder" in missing.stderr

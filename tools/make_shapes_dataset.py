@@ -1,17 +1,17 @@
 #!/usr/bin/env python
 """Write the synthetic shapes detection set: python tools/make_shapes_dataset.py ROOT --train N --val N."""
 
-import argparse
 import json
 import sys
 
+from vfm.cli import OneLineErrorParser
 from vfm.data.shapes import make_shapes_dataset
 from vfm.errors import VfmError
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, generate the set, print its statistics; a VfmError is one line on stderr, exit 2."""
-    parser = argparse.ArgumentParser(prog="make_shapes_dataset.py", description=__doc__)
+    parser = OneLineErrorParser(prog="make_shapes_dataset.py", description=__doc__)
     parser.add_argument("root", help="output folder (must not hold a dataset yet)")
     parser.add_argument("--train", type=int, default=2000, help="number of training images")
     parser.add_argument("--val", type=int, default=200, help="number of validation images")

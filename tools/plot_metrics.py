@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
+from vfm.cli import OneLineErrorParser
 from vfm.engine.plot import plot_metrics
 from vfm.errors import VfmError
 
@@ -15,7 +15,7 @@ EXIT_USAGE = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments, plot, and turn a `VfmError` into one line on stderr with exit status 2."""
-    parser = argparse.ArgumentParser(prog="plot_metrics.py", description=__doc__.splitlines()[0].split(":")[0] + ".")
+    parser = OneLineErrorParser(prog="plot_metrics.py", description=__doc__.splitlines()[0].split(":")[0] + ".")
     parser.add_argument("metrics", help="a run's metrics.jsonl (or its work dir)")
     parser.add_argument("--out", help="image path (default: metrics.png beside the metrics file)")
     parser.add_argument(

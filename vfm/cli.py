@@ -49,7 +49,7 @@ def _start_log_file(work_dir: Path, buffer: logging.handlers.MemoryHandler) -> N
     root.addHandler(file_handler)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """argparse with its errors as one `error:` line (the full usage is for --help)."""
 
     def error(self, message: str) -> NoReturn:
@@ -133,7 +133,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """`vfm-train CONFIG [key=value ...] [--print-config] [--dry-run] [--debug]`."""
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="train.py",
         description="Train from a YAML config. Overrides: key.sub=value, list=[1,2], +new.key=value "
         "(also after --cfg-options).",
@@ -162,6 +162,8 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
             raise VfmError(f"--out: got {args.out!r}, expected a file name (it is a folder)")
     cfg = load_config(args.config, overrides, RunConfig)
     _setup_logging()
+    # Evaluators may log their own tables (COCO's, in percent); the table below is the one answer, in fractions.
+    logging.getLogger("vfm.evaluation").setLevel(logging.WARNING)
     results = {checkpoint: evaluate_checkpoint(cfg, checkpoint, args.weights, args.set) for checkpoint in checkpoints}
     names = list(dict.fromkeys(k for metrics in results.values() for k in metrics))
     width = max([len(k) for k in names] + [6])
@@ -191,7 +193,7 @@ def _visualize(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def visualize_main(argv: Sequence[str] | None = None) -> int:
     """`visualize_detections.py CONFIG CHECKPOINT IMAGE_OR_DIR --out DIR`: draw a detector's boxes on images."""
-    parser = _Parser(prog="visualize_detections.py", description="Draw a detector's predictions as PNGs.")
+    parser = OneLineErrorParser(prog="visualize_detections.py", description="Draw a detector's predictions as PNGs.")
     parser.add_argument("config", help="YAML config of the detector (e.g. the config.yaml a run wrote)")
     parser.add_argument("checkpoint", help=".pt checkpoint or .safetensors weights")
     parser.add_argument("images", help="an image file or a folder of images")
@@ -205,7 +207,7 @@ def visualize_main(argv: Sequence[str] | None = None) -> int:
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`vfm-eval CONFIG CHECKPOINT [CHECKPOINT ...] [--set NAME ...] [key=value ...]`: evaluate weights on the
     config's evaluation sets (data.val and eval.sets)."""
-    parser = _Parser(prog="eval.py", description="Evaluate checkpoints on the config's evaluation sets "
+    parser = OneLineErrorParser(prog="eval.py", description="Evaluate checkpoints on the config's evaluation sets "
                                      "(data.val, named 'val', and every eval.sets entry).")
     parser.add_argument("config", help="YAML config (e.g. the config.yaml a run wrote to its work dir)")
     parser.add_argument("checkpoint", nargs="+", help=".pt checkpoints or .safetensors weights (one column each)")

@@ -279,10 +279,13 @@ def _describe_merge_error(error: Exception, schema_cfg: DictConfig | None) -> st
 def dump_config(cfg: DictConfig, path: str | Path) -> None:
     """Write the resolved config as YAML that `load_config` reads back to the same values."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as error:  # disk full or read-only: one line naming the folder
+        raise ConfigError(f"{path.parent}: cannot write {path.name}: {error.strerror or error}") from error
 
 
 def to_yaml(cfg: DictConfig) -> str:

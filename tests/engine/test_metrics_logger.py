@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
+import pytest
+
 from vfm.engine.metrics_logger import MetricsLogger, drop_records_after
+from vfm.errors import VfmError
 
 
 def test_drop_records_after_keeps_earlier_steps_and_drops_a_torn_line(tmp_path):
@@ -26,3 +30,16 @@ def test_logger_resumed_at_a_step_appends_after_it(tmp_path):
     resumed.close()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_a_full_disk_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    metrics = MetricsLogger(tmp_path, True, False, "never", 10, 0)
+
+    def disk_full(text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metrics.jsonl, "write", disk_full)
+    with pytest.raises(VfmError, match=r"metrics\.jsonl: cannot write metrics: No space left on device"):
+        metrics.log(1, {"loss": 1.0})
+    monkeypatch.undo()
+    metrics.close()

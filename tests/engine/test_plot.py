@@ -130,3 +130,13 @@ def test_output_below_a_file_or_a_folder_is_refused_before_plotting(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"--out: got .*, expected an image file name \(it is a folder\)"):
         plot_metrics(metrics, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "metrics.jsonl"]
+
+
+def test_sentinel_values_of_evaluations_are_left_out() -> None:
+    records = [{"step": 10, "split": "val", "bbox_AP": 0.2, "bbox_APl": -1.0},
+               {"step": 20, "split": "val", "bbox_AP": 0.3, "bbox_APl": 0.5},
+               {"step": 20, "split": "train", "loss": -1.0}]  # a training value of -1 is a value
+    series = collect_series(records)
+    assert series["val/bbox_APl"] == ([20], [0.5])
+    assert series["val/bbox_AP"] == ([10, 20], [0.2, 0.3])
+    assert series["train/loss"] == ([20], [-1.0])

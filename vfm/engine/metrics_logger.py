@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from vfm.errors import VfmError
 from vfm.weights import atomic_write
 
 logger = logging.getLogger("vfm.train")
@@ -92,8 +93,11 @@ class MetricsLogger:
             return
         record = {"step": step, "split": prefix, **values}
         assert self.jsonl is not None
-        self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl.flush()
+        try:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+        except OSError as error:  # disk full: one line naming the file, not a traceback
+            raise VfmError(f"{self.jsonl.name}: cannot write metrics: {error.strerror or error}") from error
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):

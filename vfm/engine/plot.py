@@ -22,6 +22,9 @@ class MetricsFileError(VfmError):
 Series = dict[str, tuple[list[int], list[float]]]  # "split/key" -> (steps, values)
 
 
+SENTINEL = -1.0  # what evaluators report for a metric without data (COCO's APs/APm/APl with no such objects)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl file; an error names the file and line of any malformed record."""
     path = Path(path)
@@ -52,13 +55,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def collect_series(records: list[dict[str, Any]]) -> Series:
     """Numeric values per `split/key`, sorted by step.
 
-    metrics.jsonl is appended to across resumes, so a step may be logged twice; the later record wins.
+    metrics.jsonl is appended to across resumes, so a step may be logged twice; the later record wins. Evaluation
+    values equal to `SENTINEL` (-1: no data for that metric) are left out.
     """
     by_step: dict[str, dict[int, float]] = {}
     for record in records:
         split = str(record.get("split", "train"))
         for key, value in record.items():
             if key in ("step", "split") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if split != "train" and value == SENTINEL:  # COCO's "no objects of this size": not a value to plot
                 continue
             by_step.setdefault(f"{split}/{key}", {})[record["step"]] = float(value)
     split_rank = {split: rank for rank, split in enumerate(SPLIT_ORDER)}

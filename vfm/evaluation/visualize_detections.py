@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from vfm.data.detection_transforms import build_detection_transforms
 from vfm.engine.evaluate import load_objective, move_to_device
 from vfm.errors import ConfigError, DataError
 
+logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Distinct colours for up to 10 classes, then repeated.
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
@@ -100,6 +102,14 @@ def visualize(cfg: DictConfig, checkpoint: str, inputs: str | Path, out_dir: str
         tensor, target = transforms(image, target)
         batch = move_to_device(collate_detection([{"image": tensor, "target": target}]), device)
         prediction = model.predict(batch)[0]
+        scores = prediction["scores"].detach().float().cpu()
+        shown = int((scores >= score_threshold).sum())
+        if shown == 0:  # say why the picture is empty, and what threshold would show something
+            highest = f"the highest of {len(scores)} scored {scores.max().item():.3f}" if len(scores) else "the model predicted none"
+            logger.warning("%s: no box scored >= %.2f (%s); lower --score-threshold to see more", path.name,
+                           score_threshold, highest)
+        else:
+            logger.info("%s: %d of %d boxes scored >= %.2f", path.name, shown, len(scores), score_threshold)
         drawn = draw_detections(image, prediction["boxes"].cpu(), prediction["scores"].cpu(),
                                 prediction["labels"].cpu(), names, score_threshold)
         destination = out_dir / f"{path.stem}.png"
