@@ -72,6 +72,9 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "adamw beta >= 1": (T, ["{contracts}", "optim={type: adamw, lr: 0.1, betas: [0.9, 1.5]}"], ["optim.betas", "[0, 1)"]),
     "negative weight decay": (T, ["{contracts}", "optim.weight_decay=-0.1"], ["optim.weight_decay: got -0.1", ">= 0"]),
     "negative momentum": (T, ["{contracts}", "optim.momentum=-0.5"], ["optim.momentum: got -0.5"]),
+    "infinite lr": (T, ["{contracts}", "optim.lr=.inf"], ["optim.lr: got inf", "positive learning rate"]),
+    "NaN lr": (T, ["{contracts}", "optim.lr=.nan"], ["optim.lr: got nan"]),
+    "negative milestone": (T, ["{contracts}", "scheduler={type: step, milestones: [-5]}"], ["scheduler.milestones: got [-5]"]),
     "negative warmup": (T, ["{contracts}", "scheduler={type: cosine, warmup_steps: -1}"], ["scheduler.warmup_steps: got -1"]),
     "lr floor above 1": (T, ["{contracts}", "scheduler={type: cosine, min_lr_ratio: 2.0}"], ["scheduler.min_lr_ratio: got 2.0"]),
     # the loop's intervals and counts
@@ -86,10 +89,14 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     # data
     "negative workers": (T, ["{contracts}", "data.num_workers=-1"], ["data.num_workers: got -1", ">= 0"]),
     "zero batch size": (T, ["{contracts}", "data.batch_size=0"], ["data.batch_size: got 0"]),
+    "zero image size": (T, ["{tiny}", "data.train.image_size=0"], ["data.train.image_size: got 0"]),
+    "sample rate above 1": (T, ["{contracts}", "data.sampler={type: poisson, sample_rate: 2.0}"], ["data.sampler.sample_rate: got 2.0"]),
+    "unknown dataset argument": (T, ["{contracts}", "+data.train.bogus=1"], ["data.train.bogus: unknown argument 'bogus'"]),
     "zero eval batch size": (T, ["{tiny}", "data.val_batch_size=0"], ["data.val_batch_size: got 0", ">= 1"]),
     # devices
     "device gpu": (T, ["{contracts}", "train.device=gpu"], ["train.device: got 'gpu'", "auto, cpu, cuda"]),
     "device cuda:x": (T, ["{contracts}", "train.device=cuda:x"], ["train.device: got 'cuda:x'"]),
+    "empty device": (T, ["{contracts}", "train.device=''"], ["train.device: got ''"]),
     "device cuda:99": (T, ["{contracts}", "train.device=cuda:99"], ["train.device: got 'cuda:99'"]),
     "device cuda without GPU": (T, ["{contracts}", "train.device=cuda"], ["train.device: got 'cuda'", "no CUDA GPU"]),
     # objective, clipping, EMA, evaluation
@@ -98,6 +105,8 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "zero classes": (T, ["{tiny}", "objective.num_classes=0"], ["objective.num_classes: got 0"]),
     "negative clip norm": (T, ["{contracts}", "train.clip_grad_norm=-1.0"], ["train.clip_grad_norm: got -1.0", "positive"]),
     "zero clip norm": (T, ["{contracts}", "train.clip_grad_norm=0"], ["train.clip_grad_norm: got 0"]),
+    "NaN clip norm": (T, ["{contracts}", "train.clip_grad_norm=.nan"], ["train.clip_grad_norm: got nan"]),
+    "top-0 accuracy": (T, ["{tiny}", "eval.evaluators=[{type: accuracy, topk: [0]}]"], ["eval.evaluators.0.topk: got [0]"]),
     "EMA decay 1": (T, ["{tiny}", "ema.decay=1.0"], ["ema.decay: got 1.0", "(0, 1)"]),
     "EMA decay 0": (T, ["{tiny}", "ema.decay=0.0"], ["ema.decay: got 0.0"]),
     "EMA decay above 1": (T, ["{tiny}", "ema.decay=1.5"], ["ema.decay: got 1.5"]),
@@ -111,6 +120,7 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "work dir of another run": (T, ["{contracts}", "work_dir={occupied}"],
                                 ["{occupied}", "resume=auto", "new work_dir", "checkpoint.overwrite=true"]),
     "overwrite while resuming": (T, ["{contracts}", "checkpoint.overwrite=true", "resume=auto"], ["checkpoint.overwrite"]),
+    "resume folder without checkpoints": (T, ["{contracts}", "resume={tmp}"], ["no valid checkpoint in that folder"]),
     "missing resume file": (T, ["{contracts}", "resume={tmp}/none.pt"], ["resume: checkpoint", "none.pt", "not found"]),
     "garbage resume file": (T, ["{contracts}", "resume={tmp}/garbage.pt"], ["garbage.pt: not a readable checkpoint"]),
     "resume another model": (T, ["{contracts}", "resume={other}"],

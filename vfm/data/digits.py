@@ -9,10 +9,20 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from vfm.data.transforms import TransformNode, build_transforms
+from vfm.errors import ConfigError
 from vfm.registry import DATASETS
 
 
-@DATASETS.register("digits")
+def _check_digits(kwargs: dict[str, Any], path: str) -> None:
+    size = kwargs.get("image_size")
+    if isinstance(size, int) and size < 1:
+        raise ConfigError(f"{path}.image_size: got {size}, expected a positive number of pixels")
+    fraction = kwargs.get("val_fraction")
+    if isinstance(fraction, (int, float)) and not 0.0 < fraction < 1.0:
+        raise ConfigError(f"{path}.val_fraction: got {fraction}, expected a value in (0, 1)")
+
+
+@DATASETS.register("digits", check=_check_digits)
 class DigitsDataset(Dataset):
     """Digits split into train/val by a fixed seed; images upsampled to `image_size`, scaled to [0, 1]."""
 

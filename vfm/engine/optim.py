@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,7 +92,7 @@ def _check_number(kwargs: dict[str, Any], path: str, key: str, ok: Any, expected
 
 def _check_groups(kwargs: dict[str, Any], path: str) -> None:
     """What every vfm optimizer refuses before any work: values under which training means nothing."""
-    _check_number(kwargs, path, "lr", lambda v: v > 0, "a positive learning rate")
+    _check_number(kwargs, path, "lr", lambda v: 0 < v < math.inf, "a positive learning rate")
     _check_number(kwargs, path, "weight_decay", lambda v: v >= 0, ">= 0")
     _check_number(kwargs, path, "layer_decay", lambda v: 0 < v <= 1, "a value in (0, 1]")
     for pattern, mult in (kwargs.get("lr_mult") or {}).items():

@@ -82,6 +82,9 @@ def _check_step(kwargs: dict[str, Any], path: str) -> None:
     _check_warmup(kwargs, path)
     if (kwargs.get("milestones") is None) == (kwargs.get("milestone_fractions") is None):
         raise ConfigError(f"{path}: set exactly one of milestones (steps) and milestone_fractions (of total_steps)")
+    negative = [m for m in kwargs.get("milestones") or [] if isinstance(m, int) and m < 0]
+    if negative:
+        raise ConfigError(f"{path}.milestones: got {negative}, expected optimizer steps >= 0")
     bad = [f for f in kwargs.get("milestone_fractions") or [] if not 0.0 < f < 1.0]
     if bad:
         raise ConfigError(f"{path}.milestone_fractions: got {bad}, expected values in (0, 1)")

@@ -6,11 +6,18 @@ from typing import Any
 
 import torch
 
+from vfm.errors import ConfigError
 from vfm.evaluation.base import Evaluator
 from vfm.registry import EVALUATORS
 
 
-@EVALUATORS.register("accuracy")
+def _check_topk(kwargs: dict[str, Any], path: str) -> None:
+    topk = kwargs.get("topk", (1,))
+    if not topk or not all(isinstance(k, int) and k >= 1 for k in topk):
+        raise ConfigError(f"{path}.topk: got {list(topk)!r}, expected one or more k >= 1")
+
+
+@EVALUATORS.register("accuracy", check=_check_topk)
 class AccuracyEvaluator(Evaluator):
     """Top-k accuracy of `outputs["logits"]` (N, C) against `batch[label_key]` (N,), as fractions."""
 
