@@ -26,12 +26,16 @@ class TrainData:
         """Micro-batches in one epoch (None for a stream of unknown length)."""
         return len(self.loader.batch_sampler)
 
+    def _start_iterator(self) -> Iterator[Any]:
+        """An iterator over the rest of the current epoch, from the saved position."""
+        self.loader.batch_sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        return iter(self.loader)
+
     def next_batch(self) -> Any:
         """The next micro-batch; starts the next epoch when one ends."""
         while True:
             if self._batches is None:
-                self.loader.batch_sampler.set_epoch(self.epoch, self.batch_in_epoch)
-                self._batches = iter(self.loader)
+                self._batches = self._start_iterator()
             try:
                 batch = next(self._batches)
             except StopIteration:
@@ -64,23 +68,14 @@ class StreamTrainData(TrainData):
         except TypeError:  # an IterableDataset without __len__
             return None
 
-    def next_batch(self) -> Any:
-        while True:
-            if self._batches is None:
-                dataset = self.loader.dataset
-                if callable(getattr(dataset, "set_epoch", None)):
-                    dataset.set_epoch(self.epoch)
-                if self._pending_state is not None:
-                    self.loader.load_state_dict(self._pending_state)
-                    self._pending_state = None
-                self._batches = iter(self.loader)
-            try:
-                batch = next(self._batches)
-            except StopIteration:
-                self.epoch, self.batch_in_epoch, self._batches = self.epoch + 1, 0, None
-                continue
-            self.batch_in_epoch += 1
-            return batch
+    def _start_iterator(self) -> Iterator[Any]:
+        dataset = self.loader.dataset
+        if callable(getattr(dataset, "set_epoch", None)):
+            dataset.set_epoch(self.epoch)
+        if self._pending_state is not None:
+            self.loader.load_state_dict(self._pending_state)
+            self._pending_state = None
+        return iter(self.loader)
 
     def state_dict(self) -> dict[str, Any]:
         # Before the first batch of an epoch the loader has no iterator: its state is "at the start".
