@@ -93,6 +93,7 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "sample rate above 1": (T, ["{contracts}", "data.sampler={type: poisson, sample_rate: 2.0}"], ["data.sampler.sample_rate: got 2.0"]),
     "unknown dataset argument": (T, ["{contracts}", "+data.train.bogus=1"], ["data.train.bogus: unknown argument 'bogus'"]),
     "zero eval batch size": (T, ["{tiny}", "data.val_batch_size=0"], ["data.val_batch_size: got 0", ">= 1"]),
+    "zero input channels": (T, ["{tiny}", "objective.backbone.in_chans=0"], ["objective.backbone.in_chans: got 0", ">= 1"]),
     # devices
     "device gpu": (T, ["{contracts}", "train.device=gpu"], ["train.device: got 'gpu'", "auto, cpu, cuda"]),
     "device cuda:x": (T, ["{contracts}", "train.device=cuda:x"], ["train.device: got 'cuda:x'"]),

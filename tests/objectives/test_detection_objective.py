@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -102,11 +103,17 @@ def test_bad_detr_configs_fail_validation():
         ({**DETR_TINY, "loss": "ce"}, "loss_ce"),
     ],
 )
-def test_forward_and_predict_follow_the_contract(node, class_key):
+def test_forward_and_predict_follow_the_contract(node, class_key, caplog):
     torch.manual_seed(0)
     objective = OBJECTIVES.build(node, "objective")
     batch = rectangles_batch(num_images=2)
-    losses = objective(batch)
+    with caplog.at_level(logging.INFO, logger="vfm.train"):
+        losses = objective(batch)
+        objective(batch)
+    # The log says once what 'loss' sums, since only the final layer's terms are logged beside it.
+    described = [r.getMessage() for r in caplog.records if "the logged 'loss' sums" in r.getMessage()]
+    assert len(described) == 1 and "5 x loss_bbox, 2 x loss_giou over" in described[0]
+    assert ("two-stage proposals" in described[0]) == bool(node.get("two_stage"))
     expected = {"loss", class_key, "loss_bbox", "loss_giou"}
     if node.get("two_stage"):
         expected |= {f"{class_key}_enc", "loss_bbox_enc", "loss_giou_enc"}

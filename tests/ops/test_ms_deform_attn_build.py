@@ -1,6 +1,11 @@
 """Build helpers of the native extensions: paths, flags, CUDA toolkit discovery, cubin inspection."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import torch
 
 from vfm.ops import build
 
@@ -17,9 +22,13 @@ def test_flags_enable_openmp_and_cxx20():
     assert "-std=c++20" in build.nvcc_flags()
 
 
-def test_extensions_dir_defaults_inside_checkout_and_honours_env(monkeypatch):
+def test_extensions_dir_defaults_to_the_user_cache_and_honours_env(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
-    assert build.extensions_dir().is_relative_to(build.REPO_ROOT / ".cache" / "torch_extensions")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert build.extensions_dir().parent == tmp_path / "vfm" / "torch_extensions"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert build.extensions_dir().is_relative_to(Path.home() / ".cache" / "vfm" / "torch_extensions")
+    assert not build.extensions_dir().is_relative_to(build.REPO_ROOT)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/tmp/somewhere")
     assert build.extensions_dir().parent == Path("/tmp/somewhere")
 
@@ -42,3 +51,17 @@ def test_cubin_architectures_reads_embedded_elf_headers(tmp_path):
     host = _elf_header(62, 0)  # x86-64 host object, ignored
     library.write_bytes(host + b"pad" + _elf_header(190, 0x0A005004) + b"pad" + _elf_header(190, 0x0A005A04))
     assert build.cubin_architectures(library) == [80, 90]
+
+
+def test_no_cuda_runtime_warning_where_vfm_imports_cpp_extension():
+    """torch warns at import that it found no CUDA runtime; vfm's import keeps that off a GPU-less user's screen."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
+    code = "import vfm.ops.build as b; b.import_cpp_extension()"
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert ours.returncode == 0, ours.stderr
+    assert "No CUDA runtime is found" not in ours.stderr + ours.stdout
+    plain = subprocess.run([sys.executable, "-c", "import torch.utils.cpp_extension"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    if torch.cuda.is_available():
+        return  # torch finds a runtime and warns about nothing; the check above is all there is
+    assert "No CUDA runtime is found" in plain.stderr  # the warning exists here: the test above can fail

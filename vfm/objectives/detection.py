@@ -9,6 +9,7 @@ of the original image, "scores" (k,), "labels" (k,) int64}, tensors on the model
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Literal
 
 import torch
@@ -22,6 +23,8 @@ from vfm.models.detection.detr import DETR
 from vfm.models.detection.matcher import HungarianMatcher
 from vfm.models.detection.postprocess import postprocess_focal, postprocess_softmax
 from vfm.registry import OBJECTIVES
+
+logger = logging.getLogger("vfm.train")
 
 
 def _arguments(builder: type, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +57,16 @@ class _SetPredictionObjective(nn.Module):
         """{"loss", plus detached final-layer (and two-stage `_enc`) class, L1 and GIoU losses}."""
         images = batch["images"]
         targets = [_to_device(t, images.device) for t in batch["targets"]]
-        losses = self.criterion(self.model(images, batch["masks"]), targets)
+        outputs = self.model(images, batch["masks"])
+        losses = self.criterion(outputs, targets)
+        if not getattr(self, "_loss_described", False):
+            self._loss_described = True
+            sets = 1 + len(outputs.get("aux_outputs", [])) + ("enc_outputs" in outputs)
+            weights = ", ".join(f"{w:g} x {k}" for k, w in self.criterion.weights.items())
+            logger.info("%s: the logged 'loss' sums %s over %d prediction sets (the final decoder layer, %d earlier "
+                        "layers%s); %s are the final layer's unweighted terms", type(self).__name__, weights, sets,
+                        len(outputs.get("aux_outputs", [])), " and the two-stage proposals (_enc)" if "enc_outputs" in outputs
+                        else "", ", ".join(self.criterion.weights))
         # Log the final layer and the two-stage proposals; per-layer aux losses (suffix _0, _1, ...) only add noise.
         logged = {k: v.detach() for k, v in losses.items() if k != "loss" and not k[-1].isdigit()}
         return {"loss": losses["loss"], **logged}

@@ -7,7 +7,8 @@ Two extension modules exist, one per device kind, so a CPU-only machine never ne
 
 Environment variables:
     VFM_MSDA_JIT: "0" disables the JIT build (only a prebuilt extension is used).
-    TORCH_EXTENSIONS_DIR: where JIT builds go; default ``<checkout>/.cache/torch_extensions``.
+    TORCH_EXTENSIONS_DIR: where JIT builds go; default the user's cache folder (``~/.cache/vfm/torch_extensions``,
+        or under ``$XDG_CACHE_HOME``), not the source checkout.
     TORCH_CUDA_ARCH_LIST: CUDA architectures; default the local GPU's, else "8.0;9.0".
     CUDA_HOME: CUDA toolkit root; default the folder above ``nvcc`` on PATH.
 """
@@ -93,15 +94,37 @@ def prepare_cuda_env() -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
     # cpp_extension fixes its CUDA_HOME guess at import (for a wrapper-script nvcc it picks /usr/local and the
     # link then fails with "cannot find -lcudart"), so correct it in case it was imported before CUDA_HOME was set.
-    import torch.utils.cpp_extension as cpp_extension
+    cpp_extension = import_cpp_extension()
 
     if cuda_home:
         cpp_extension.CUDA_HOME = cuda_home
 
 
+def import_cpp_extension() -> ModuleType:
+    """torch.utils.cpp_extension, imported without its "No CUDA runtime is found" warning on machines without a GPU.
+
+    The warning is torch's guess of CUDA_HOME at import; vfm decides itself whether to build CUDA (a CPU build needs
+    no CUDA runtime), so on a GPU-less machine it only alarms users.
+    """
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    previous = cpp_logger.level
+    if not torch.cuda.is_available():
+        cpp_logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension as cpp_extension
+    finally:
+        cpp_logger.setLevel(previous)
+    return cpp_extension
+
+
+def default_cache_root() -> Path:
+    """The user's cache folder for JIT builds ($XDG_CACHE_HOME or ~/.cache, then vfm/torch_extensions)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vfm" / "torch_extensions"
+
+
 def extensions_dir() -> Path:
     """JIT build root, keyed by Python and torch version so an upgraded torch never loads a stale binary."""
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or REPO_ROOT / ".cache" / "torch_extensions")
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or default_cache_root())
     tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}".replace("+", "_")
     return root / tag
 
@@ -128,7 +151,8 @@ def jit_build(kind: str, verbose: bool = False, build_directory: Path | None = N
     cuda_home = find_cuda_home()
     if cuda_home and not os.environ.get("CUDA_HOME"):
         os.environ["CUDA_HOME"] = cuda_home  # else cpp_extension logs a wrong guess at import, even for CPU builds
-    from torch.utils.cpp_extension import load, verify_ninja_availability
+    cpp_extension = import_cpp_extension()
+    load, verify_ninja_availability = cpp_extension.load, cpp_extension.verify_ninja_availability
 
     verify_ninja_availability()
     if kind == "cuda":

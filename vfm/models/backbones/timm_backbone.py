@@ -24,12 +24,18 @@ def _check_timm_node(kwargs: dict[str, Any], path: str) -> None:
     if not isinstance(name, str) or not timm.is_model(name):
         raise ConfigError(f"{path}.name: {name!r} is not a timm model{close_matches(str(name), timm.list_models())}")
     model_kwargs = {k: v for k, v in kwargs.items() if k not in ("name", "pretrained")}
+    # Sizes timm accepts silently on the meta device and fails on only at the first forward (an empty conv).
+    for key, least in (("in_chans", 1), ("num_classes", 0), ("img_size", 1), ("patch_size", 1), ("depth", 1)):
+        value = model_kwargs.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            raise ConfigError(f"{path}.{key}: got {value}, expected an integer >= {least}")
     model_kwargs.setdefault("num_classes", 0)
     try:
         with torch.device("meta"):
             timm.create_model(name, pretrained=False, **model_kwargs)
-    except TypeError as error:
-        raise ConfigError(f"{path}: timm model {name!r} rejected its arguments: {error}") from error
+    except (TypeError, ValueError, AssertionError, RuntimeError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: timm model {name!r} rejected its arguments: {detail}") from error
     pretrained = kwargs.get("pretrained")
     if pretrained and not Path(pretrained).is_file():
         raise ConfigError(f"{path}.pretrained: weights file {pretrained!r} not found (weights load from local files only)")
