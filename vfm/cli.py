@@ -146,7 +146,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
     from vfm.config import load_config
-    from vfm.engine.evaluate import evaluate_checkpoint
+    from vfm.engine.evaluate import evaluate_checkpoints
     from vfm.engine.run_config import RunConfig
 
     # The checkpoint list and the overrides are both positional: key=value items are overrides.
@@ -164,7 +164,7 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> int:
     _setup_logging()
     # Evaluators may log their own tables (COCO's, in percent); the table below is the one answer, in fractions.
     logging.getLogger("vfm.evaluation").setLevel(logging.WARNING)
-    results = {checkpoint: evaluate_checkpoint(cfg, checkpoint, args.weights, args.set) for checkpoint in checkpoints}
+    results = evaluate_checkpoints(cfg, checkpoints, args.weights, args.set)
     names = list(dict.fromkeys(k for metrics in results.values() for k in metrics))
     width = max([len(k) for k in names] + [6])
     columns = [Path(c).name for c in results] if len(results) > 1 else ["value"]

@@ -30,7 +30,6 @@ T = TypeVar("T", bound=Callable[..., Any])
 # and loaded on the first lookup: this bottom layer names no component module, and a new module in a
 # component package (say vfm/objectives/) registers without touching any core file.
 PLUGIN_GROUP = "vfm.plugins"
-_loaded_builtins = False
 _loaded_entry_points = False
 
 
@@ -239,15 +238,8 @@ def _describe(hint: Any) -> str:
 
 
 def _load_builtins() -> None:
-    global _loaded_builtins
-    if _loaded_builtins:
-        return
-    _loaded_builtins = True  # set first: the modules below register through this module
-    try:
-        load_entry_point_plugins()
-    except BaseException:
-        _loaded_builtins = False  # fail again on the next lookup instead of serving half-empty registries
-        raise
+    """Before the first lookup: load vfm's own and third-party components (once; a failure is retried next time)."""
+    load_entry_point_plugins()
 
 
 def import_package(module: ModuleType) -> list[str]:

@@ -59,10 +59,15 @@ def _collate(dataset: Any) -> Any:
 
 
 def build_loader(node: Any, path: str, data_cfg: Any, seed: int, train: bool, rank: int = 0, world_size: int = 1,
-                 sampler_node: Any = None) -> DataLoader:
-    """A loader for dataset `node`: training shuffles by (seed, epoch) and drops the last partial batch."""
+                 sampler_node: Any = None, batch_size: int | None = None) -> DataLoader:
+    """A loader for dataset `node`: training shuffles by (seed, epoch) and drops the last partial batch.
+
+    `batch_size` overrides data's (an evaluation set's own size); by default training uses data.batch_size and
+    evaluation data.val_batch_size, else data.batch_size.
+    """
     dataset = build_dataset(node, path)
-    batch_size = data_cfg.batch_size if train else (data_cfg.val_batch_size or data_cfg.batch_size)
+    if batch_size is None:
+        batch_size = data_cfg.batch_size if train else (data_cfg.val_batch_size or data_cfg.batch_size)
     if is_stream(dataset):
         from torchdata.stateful_dataloader import StatefulDataLoader
 

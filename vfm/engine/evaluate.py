@@ -66,31 +66,18 @@ def build_eval_sets(cfg: DictConfig, rank: int = 0, world_size: int = 1, only: l
     for name in wanted:
         if name == DEFAULT_SET:
             dataset, evaluators, interval, path = cfg.data.val, cfg.eval.evaluators, cfg.eval.interval, "data.val"
-            data_cfg = cfg.data
+            batch_size = None
         else:
             node = cfg.eval.sets[name]
             dataset, evaluators, path = node.dataset, node.evaluators, f"eval.sets.{name}.dataset"
             interval = cfg.eval.interval if node.interval is None else node.interval
-            data_cfg = _with_batch_size(cfg.data, node.batch_size)
-        loader = build_loader(dataset, path, data_cfg, cfg.seed, train=False, rank=rank, world_size=world_size)
+            batch_size = node.batch_size
+        loader = build_loader(dataset, path, cfg.data, cfg.seed, train=False, rank=rank, world_size=world_size,
+                              batch_size=batch_size)
         evaluator_path = "eval.evaluators" if name == DEFAULT_SET else f"eval.sets.{name}.evaluators"
         built = [EVALUATORS.build(node, f"{evaluator_path}.{i}") for i, node in enumerate(evaluators)]
         sets.append(EvalSet(name, loader, built, interval))
     return sets
-
-
-def _with_batch_size(data_cfg: Any, batch_size: int | None) -> Any:
-    if batch_size is None:
-        return data_cfg
-    return _DataView(data_cfg, batch_size)
-
-
-class _DataView:
-    """The loader settings of data, with an evaluation batch size of its own."""
-
-    def __init__(self, data_cfg: Any, val_batch_size: int | None = None) -> None:
-        self.batch_size, self.num_workers, self.pin_memory = data_cfg.batch_size, data_cfg.num_workers, data_cfg.pin_memory
-        self.val_batch_size = data_cfg.val_batch_size if val_batch_size is None else val_batch_size
 
 
 def evaluate(model: nn.Module, eval_set: EvalSet, device: torch.device,
@@ -138,9 +125,12 @@ def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> n
     return model.to(device).eval()
 
 
-def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, weights: str = "auto",
-                        sets: list[str] | None = None) -> dict[str, float]:
-    """Build the objective and evaluation sets of `cfg` (all, or those named), load `checkpoint` and evaluate it."""
+def evaluate_checkpoints(cfg: DictConfig, checkpoints: list[str], weights: str = "auto",
+                         sets: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate each checkpoint on the evaluation sets of `cfg` (all, or those named); metrics per checkpoint.
+
+    The datasets and evaluators are built once and reused: evaluators start each pass in `begin`.
+    """
     import_custom_modules(cfg.custom_imports)
     if not eval_set_names(cfg):
         raise ConfigError("data.val / eval.evaluators / eval.sets: evaluation needs data.val with eval.evaluators, "
@@ -149,13 +139,17 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: str, weights: str = "auto",
         EVALUATORS.validate(node, f"eval.evaluators.{i}")
     for name, node in cfg.eval.sets.items():
         DATASETS.validate(node.dataset, f"eval.sets.{name}.dataset")
-    wanted_eval_sets(cfg, sets)  # before the checkpoint is read
-    model = load_objective(cfg, checkpoint, weights)
-    device = next(model.parameters()).device
-    metrics: dict[str, float] = {}
-    for eval_set in build_eval_sets(cfg, only=sets):
-        check = getattr(model, "check_dataset", None)
-        if check is not None:
-            check(underlying_dataset(eval_set.loader), eval_set.log_prefix)
-        metrics.update(evaluate(model, eval_set, device))
-    return metrics
+    wanted_eval_sets(cfg, sets)  # before any checkpoint is read
+    eval_sets: list[EvalSet] | None = None
+    results: dict[str, dict[str, float]] = {}
+    for checkpoint in checkpoints:
+        model = load_objective(cfg, checkpoint, weights)
+        if eval_sets is None:
+            eval_sets = build_eval_sets(cfg, only=sets)
+            check = getattr(model, "check_dataset", None)
+            for eval_set in eval_sets if check is not None else []:
+                check(underlying_dataset(eval_set.loader), eval_set.log_prefix)
+        device = next(model.parameters()).device
+        results[checkpoint] = {k: v for eval_set in eval_sets for k, v in evaluate(model, eval_set, device).items()}
+    return results
+

@@ -35,6 +35,7 @@ from vfm.engine.strategies import build_strategy, strategy_caps
 from vfm.engine.validation import (
     DEFAULT_SET,
     PRECISIONS,
+    metric_set_name,
     resolve_strategy_name,
     strategy_options,
     validate_run_config,
@@ -131,9 +132,7 @@ class Trainer:
         self.best = None
         default_hooks: list[Hook] = []
         if cfg.eval.metric is not None:
-            metric_set = cfg.eval.metric.split("/", 1)[0] if "/" in cfg.eval.metric else DEFAULT_SET
-            metric_set = metric_set if metric_set in cfg.eval.sets else DEFAULT_SET
-            self.best = BestCheckpoint(cfg.eval.metric, cfg.eval.mode, metric_set)
+            self.best = BestCheckpoint(cfg.eval.metric, cfg.eval.mode, metric_set_name(cfg))
             default_hooks.append(self.best)
         if cfg.checkpoint.export_safetensors:
             default_hooks.append(ExportWeights())
@@ -415,7 +414,6 @@ class Trainer:
         last: dict[str, Any] = {}
         window_start, window_samples = time.perf_counter(), 0
         run_start_step, run_start = self.step, time.perf_counter()
-        samples_per_step = self.cfg.data.batch_size * self.accum * self.world_size
         previous_handlers = self._install_preemption_handlers()
         self.exit = "error"  # until proven otherwise; after_train hooks read it
         try:
@@ -428,7 +426,7 @@ class Trainer:
                 for hook in self.hooks:
                     hook.before_step(self)
                 outputs = self.train_step()
-                window_samples += samples_per_step
+                window_samples += self.global_batch_size
                 if dry_run:
                     for hook in self.hooks:
                         hook.after_step(self, outputs or {})

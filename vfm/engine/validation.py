@@ -161,12 +161,18 @@ def validate_work_dir(cfg: DictConfig, work_dir: str | Path) -> None:
                               f"({foreign[0].name}); expected a new work_dir for the resumed run, or its own work dir")
 
 
+def metric_set_name(cfg: DictConfig) -> str:
+    """The evaluation set eval.metric belongs to: `<set>` of `<set>/<metric>` when that set exists, else data.val's."""
+    prefix = cfg.eval.metric.split("/", 1)[0] if "/" in cfg.eval.metric else DEFAULT_SET
+    return prefix if prefix in cfg.eval.sets else DEFAULT_SET
+
+
 def _validate_metric(cfg: DictConfig) -> None:
     metric = cfg.eval.metric
     if metric is None:
         return
     sets = eval_set_names(cfg)
-    set_name = metric.split("/", 1)[0] if "/" in metric and metric.split("/", 1)[0] in cfg.eval.sets else DEFAULT_SET
+    set_name = metric_set_name(cfg)
     if set_name not in sets:
         named = ", ".join(f"{name}/<metric>" for name in cfg.eval.sets) or "no named sets"
         raise ConfigError(f"eval.metric: {metric!r} needs data.val and at least one eval.evaluators entry, or names a "
@@ -193,5 +199,5 @@ def _declared_metric_names(nodes: Any) -> list[str] | None:
     return names
 
 
-__all__ = ["DEFAULT_SET", "PRECISIONS", "check_device", "eval_set_names", "expect", "resolve_strategy_name",
+__all__ = ["DEFAULT_SET", "PRECISIONS", "check_device", "eval_set_names", "expect", "metric_set_name", "resolve_strategy_name",
            "strategy_options", "validate_run_config", "validate_work_dir"]

@@ -85,15 +85,14 @@ class DeepSpeedStrategy(ShardedStrategy):
 
     def __init__(self, *, zero_stage: int = 1, config: dict[str, Any] | None = None, **options) -> None:
         super().__init__(**options)
-        deepspeed_config = config
         if zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"dist.deepspeed.zero_stage: got {zero_stage!r}, expected 0, 1, 2 or 3")
         self.deepspeed = import_deepspeed()
-        if deepspeed_config is not None and not isinstance(deepspeed_config, dict):  # an OmegaConf node from YAML
+        if config is not None and not isinstance(config, dict):  # an OmegaConf node from YAML
             from omegaconf import OmegaConf
 
-            deepspeed_config = OmegaConf.to_container(deepspeed_config, resolve=True)
-        self.config = merge(self.generated_config(zero_stage), deepspeed_config or {})
+            config = OmegaConf.to_container(config, resolve=True)
+        self.config = merge(self.generated_config(zero_stage), config or {})
         self.zero_stage = self.config["zero_optimization"]["stage"]
         expected = self.config["train_micro_batch_size_per_gpu"] * self.config["gradient_accumulation_steps"] * self.world_size
         if self.config["train_batch_size"] != expected:
