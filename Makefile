@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt $(wildcard setup.py)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,deepspeed,detection]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,deepspeed,detection,vl,privacy]'
 	touch $@
 
 quickstart: setup
