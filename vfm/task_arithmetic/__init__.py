@@ -1,0 +1,1 @@
+"""Task arithmetic: parameter selection, fine-tuning modes (standard, attention-only, linearized), task vectors."""
