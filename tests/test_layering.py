@@ -26,7 +26,7 @@ def files(*packages: str) -> list[Path]:
     return [p for package in packages for p in sorted((VFM / package).rglob("*.py"))]
 
 
-@pytest.mark.parametrize("path", files("models", "ops", "data", "objectives", "dist") + [VFM / "weights.py", VFM / "registry.py"],
+@pytest.mark.parametrize("path", files("models", "ops", "data", "objectives", "dist") + [VFM / "weights.py", VFM / "registry.py", VFM / "requirements.py"],
                          ids=lambda p: str(p.relative_to(VFM)))
 def test_lower_layers_do_not_import_the_engine(path):
     assert not {m for m in imported_modules(path) if m.startswith("vfm.engine")}

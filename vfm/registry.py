@@ -285,6 +285,7 @@ def import_custom_modules(modules: Iterable[str], path: str = "custom_imports") 
 
 
 BACKBONES = Registry("backbones")
+TEXT_TOWERS = Registry("text_towers")
 OBJECTIVES = Registry("objectives")
 DATASETS = Registry("datasets")
 TRANSFORMS = Registry("transforms")

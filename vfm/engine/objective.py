@@ -34,7 +34,6 @@ path)``
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +41,9 @@ import torch
 from torch import nn
 
 from vfm.errors import ConfigError, VfmError
+from vfm.requirements import Requirements
+
+__all__ = ["Objective", "Requirements", "check_requirements", "requirements_of"]
 
 
 @runtime_checkable
@@ -49,24 +51,6 @@ class Objective(Protocol):
     """An `nn.Module` whose `forward(batch)` returns a dict with `loss` and scalars to log (see the module doc)."""
 
     def __call__(self, batch: Any) -> dict[str, Any]: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Requirements:
-    """What an objective supports; `None` means anything."""
-
-    strategies: tuple[str, ...] | None = None
-    """dist.strategy values it runs under (e.g. ("single", "ddp") for a torch.func.jvp objective)."""
-    precisions: tuple[str, ...] | None = None
-    """train.precision values it runs under."""
-    grad_accum: bool = True
-    """Whether train.grad_accum_steps > 1 is allowed."""
-    clip_grad_norm: bool = True
-    """Whether global clipping (train.clip_grad_norm) is allowed (DP-SGD clips per sample instead)."""
-    owns_backward: bool = False
-    """The objective defines `forward_backward` and fills gradients itself."""
-    global_loss_normalisation: bool = False
-    """Its `loss` is a (sum, count) pair: the strategy must support rescaling accumulated gradients."""
 
 
 def requirements_of(objective: nn.Module) -> Requirements:

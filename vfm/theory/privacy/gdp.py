@@ -13,7 +13,7 @@ from scipy.special import log_ndtr, ndtr, ndtri
 from vfm.errors import ConfigError
 
 ArrayLike = float | np.ndarray
-_BISECTIONS = 200  # halvings from a bracket of width < 1e4: past float64 resolution
+_BISECTIONS = 64  # halvings of a bracket [0, high]: 2^-64 high is below float64 resolution of the root
 
 
 def _check_mu(mu: np.ndarray, name: str = "mu") -> None:

@@ -1,0 +1,1 @@
+"""Language models used as text towers (and, later, as decoders)."""

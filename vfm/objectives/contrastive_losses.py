@@ -1,0 +1,78 @@
+"""Contrastive image-text losses over features gathered from every rank: CLIP's InfoNCE and SigLIP's sigmoid loss.
+
+Gathering (see `vfm.dist.all_gather` for the gradient convention): with `gather_with_grad` the gathered features
+carry gradients back to the rank that computed them, so every rank's gradient is exact and DDP's average equals
+the single-process gradient over the global batch. Without it, the other ranks' rows are constants and only the
+full loss (`local_loss=False`) is exact, once scaled by the world size (open_clip leaves it world_size times too
+small); a local loss without gradient through the gather would drop terms, so it is refused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vfm.dist import get_rank, get_world_size
+from vfm.dist.collectives import all_gather
+from vfm.errors import ConfigError
+
+
+def check_gather_options(loss: str, local_loss: bool, gather_with_grad: bool) -> None:
+    """Refuse the combinations whose gradients would be wrong (not merely scaled)."""
+    if not gather_with_grad and (local_loss or loss == "sigmoid"):
+        what = "objective.local_loss: true" if local_loss else "objective.loss: sigmoid (each rank scores its own images)"
+        raise ConfigError(f"{what} needs objective.gather_with_grad: true: without gradients through the gather the "
+                          "other ranks' terms of this rank's features are lost")
+
+
+def gather_rows(features: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, int]:
+    """(every rank's rows in rank order, the offset of this rank's rows); this rank's rows keep their gradient."""
+    if get_world_size() == 1:
+        return features, 0
+    sizes = all_gather(torch.tensor([features.shape[0]], device=features.device)).tolist()
+    offset = sum(sizes[: get_rank()])
+    if with_grad:
+        return all_gather(features), offset
+    gathered = all_gather(features.detach())
+    return torch.cat([gathered[:offset], features, gathered[offset + features.shape[0]:]]), offset
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, label_smoothing: float = 0.0,
+              local_loss: bool = False, gather_with_grad: bool = True) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch: mean of image->text and text->image cross-entropy.
+
+    `image`, `text`: (n, d) normalised features of this rank (row i of each is a pair); `logit_scale`: the
+    log-temperature parameter (logits are exp(logit_scale) * cosine).
+    """
+    check_gather_options("infonce", local_loss, gather_with_grad)
+    all_image, offset = gather_rows(image, gather_with_grad)
+    all_text, _ = gather_rows(text, gather_with_grad)
+    scale = logit_scale.exp()
+    if local_loss:
+        logits_image, logits_text = scale * image @ all_text.T, scale * text @ all_image.T
+        labels = torch.arange(image.shape[0], device=image.device) + offset
+    else:
+        logits_image = scale * all_image @ all_text.T
+        logits_text = logits_image.T
+        labels = torch.arange(all_image.shape[0], device=image.device)
+    loss = (F.cross_entropy(logits_image.float(), labels, label_smoothing=label_smoothing)
+            + F.cross_entropy(logits_text.float(), labels, label_smoothing=label_smoothing)) / 2
+    if not local_loss and not gather_with_grad:
+        # Each rank's gradient reaches only its own rows: x world size, so DDP's average is the full gradient.
+        loss = loss * get_world_size() - loss.detach() * (get_world_size() - 1)
+    return loss
+
+
+def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+                logit_bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP: -(1/n) sum_i sum_j log sigmoid(z_ij (t x_i . y_j + b)), this rank's images against all texts.
+
+    z_ij = 1 for a matching pair, -1 otherwise; n is this rank's number of images, so the mean over ranks is the
+    single-process loss over the global batch (the paper's normalisation by the mini-batch size).
+    """
+    all_text, offset = gather_rows(text, with_grad=True)
+    logits = (logit_scale.exp() * image @ all_text.T + logit_bias).float()
+    signs = -torch.ones_like(logits)
+    rows = torch.arange(image.shape[0], device=image.device)
+    signs[rows, rows + offset] = 1.0
+    return -F.logsigmoid(signs * logits).sum() / image.shape[0]
