@@ -32,9 +32,11 @@ def _out(value: np.ndarray) -> ArrayLike:
 
 def _delta(mu: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        first = ndtr(-epsilon / mu + mu / 2)
-        second = np.exp(epsilon + log_ndtr(-epsilon / mu - mu / 2))  # e^eps Phi(.) without overflowing e^eps
-    return np.where(mu > 0, np.maximum(first - second, 0.0), 0.0)
+        log_first = log_ndtr(-epsilon / mu + mu / 2)
+        # delta = Phi(a) (1 - e^eps Phi(b) / Phi(a)): the exponent is <= 0, so e^eps never overflows.
+        ratio = epsilon + log_ndtr(-epsilon / mu - mu / 2) - log_first
+        delta = np.exp(log_first) * -np.expm1(np.minimum(ratio, 0.0))
+    return np.where(mu > 0, np.nan_to_num(delta, nan=0.0), 0.0)
 
 
 def gdp_delta(mu: ArrayLike, epsilon: ArrayLike) -> ArrayLike:
