@@ -87,3 +87,22 @@ def test_the_task_override_reaches_every_data_node(finetune_config):  # noqa: F8
     assert cfg.objective.probe_data.task == "geq5" and cfg.work_dir.endswith("run")
     objective = OBJECTIVES.build(cfg.objective, "objective")
     assert objective.head.num_classes == 2 and not any(True for _ in objective.head.parameters())
+
+
+def test_tools_eval_evaluates_several_checkpoints_post_hoc_linearised(finetune_config, pretrained_file):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from vfm.engine.evaluate import evaluate_checkpoints, load_objective
+    from vfm.task_arithmetic.objective import encoder_weights
+
+    trainer = _trainer(finetune_config, "train.max_steps=2")
+    trainer.train()
+    weights = str(trainer.work_dir / "model.safetensors")
+    cfg = load_config(finetune_config, ["objective.finetune.mode=posthoc_linearized"], RunConfig)
+    model = load_objective(cfg, weights)
+    finetuned, pretrained = load_file(weights), encoder_weights(load_file(str(pretrained_file)))
+    point = model.linearization_point.tensors()
+    assert all(torch.equal(point[k].cpu(), pretrained[k]) for k in point)  # theta0 from objective.pretrained
+    assert torch.equal(model.encoder.state_dict()["blocks.0.attn.qkv.weight"].cpu(), finetuned["encoder.blocks.0.attn.qkv.weight"])
+    results = evaluate_checkpoints(cfg, [weights, weights])
+    assert set(results[weights]) == {"accuracy", "test/accuracy"} and 0.0 <= results[weights]["accuracy"] <= 1.0

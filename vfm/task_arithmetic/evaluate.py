@@ -31,8 +31,14 @@ class TaskData:
 
     @property
     def num_classes(self) -> int:
-        """Classes of the head."""
-        return int(getattr(self.head, "num_classes", 0)) or 2
+        """Classes of the head (a FrozenHead's, or the rows of any head's `weight`)."""
+        classes = getattr(self.head, "num_classes", None)
+        if classes is None:
+            weight = getattr(self.head, "weight", None)
+            if not isinstance(weight, torch.Tensor):
+                raise ConfigError(f"task {self.name!r}: its head has neither num_classes nor a weight matrix")
+            classes = weight.shape[0]
+        return int(classes)
 
 
 def default_alphas(count: int = 21, low: float = 0.0, high: float = 1.0) -> list[float]:
@@ -113,9 +119,7 @@ class Editor:
         """Encoder features (N, D) of the edited model on the split."""
         if len(coefs) != len(self.vectors):
             raise ConfigError(f"evaluation: {len(coefs)} coefficients for {len(self.vectors)} task vectors")
-        if not self.linearized:
-            return self._nonlinear_features(task, split, coefs)
-        if not self.vectors:
+        if not self.linearized or not self.vectors:
             return self._nonlinear_features(task, split, coefs)
         base = self._linear_parts(task, split, 0)[0]
         total = base.clone()
