@@ -69,10 +69,10 @@ def test_cyclic_sampler_repeats_one_partition_and_shards_without_padding():
     again = [sorted(i for _, i in batch) for batch in sampler]
     assert first == again and len(first) == 10 and sampler.dropped == 3
     assert len({i for batch in first for i in batch}) == 100
-    ranks = [CyclicBatchSampler(103, 10, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [CyclicBatchSampler(103, 5, seed=3, rank=r, world_size=2) for r in (0, 1)]  # 5 per rank, 10 in all
     shards = [list(s)[4] for s in ranks]
     assert sorted(i for shard in shards for _, i in shard) == first[4] and all(len(s) == 5 for s in shards)
     sampler.set_epoch(1, 7)
     assert len(list(sampler)) == 3
-    with pytest.raises(ConfigError, match="multiple of the world size"):
-        CyclicBatchSampler(100, 9, world_size=2)
+    with pytest.raises(ConfigError, match="global batch of 1..100"):
+        CyclicBatchSampler(100, 60, world_size=2)

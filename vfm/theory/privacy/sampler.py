@@ -1,8 +1,9 @@
 """`cyclic`: a fixed partition of the training set into batches, visited in the same order every epoch (NoisyCGD).
 
 The partition is one permutation drawn from `seed` (never from the epoch); the n mod b records left over are
-never used, so they spend no privacy. Each batch is split over ranks without padding (a record counted twice
-would double its sensitivity), so the batch size must be a multiple of the world size.
+never used, so they spend no privacy. `batch_size` is per rank, as for every sampler: a global batch of
+b = batch_size x world_size records is split evenly over ranks, without padding (a record counted twice would
+double its sensitivity).
 """
 
 from __future__ import annotations
@@ -17,18 +18,16 @@ from vfm.registry import SAMPLERS
 
 
 class CyclicBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches `order[k b : (k + 1) b]` for k = 0..l-1 of one seeded permutation, every epoch; resumable."""
+    """Global batches `order[k b : (k + 1) b]`, k = 0..l-1, of one seeded permutation, every epoch; resumable."""
 
     def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size < 1 or batch_size > size:
-            raise ConfigError(f"data.batch_size: got {batch_size}, expected 1..{size} (the training set size) for the "
-                              "cyclic sampler")
-        if batch_size % world_size:
-            raise ConfigError(f"data.batch_size: got {batch_size}, expected a multiple of the world size {world_size} "
-                              "(the cyclic sampler splits each batch evenly over ranks, without padding)")
-        self.size, self.batch_size, self.seed, self.rank, self.world_size = size, batch_size, seed, rank, world_size
-        self.batches_per_epoch = size // batch_size
-        self.dropped = size - self.batches_per_epoch * batch_size
+        if batch_size < 1 or batch_size * world_size > size:
+            raise ConfigError(f"data.batch_size: got {batch_size} per rank x {world_size} ranks, expected a global "
+                              f"batch of 1..{size} (the training set size) for the cyclic sampler")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.batch_size = batch_size * world_size  # global
+        self.batches_per_epoch = size // self.batch_size
+        self.dropped = size - self.batches_per_epoch * self.batch_size
         self.order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
         self.epoch, self.start = 0, 0
 
