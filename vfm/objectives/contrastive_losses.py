@@ -37,6 +37,11 @@ def gather_rows(features: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, 
     return torch.cat([gathered[:offset], features, gathered[offset + features.shape[0]:]]), offset
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (autocast) are upcast for the softmax; float64 ones stay float64."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, label_smoothing: float = 0.0,
               local_loss: bool = False, gather_with_grad: bool = True) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch: mean of image->text and text->image cross-entropy.
@@ -47,19 +52,24 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     check_gather_options("infonce", local_loss, gather_with_grad)
     all_image, offset = gather_rows(image, gather_with_grad)
     all_text, _ = gather_rows(text, gather_with_grad)
-    scale = logit_scale.exp()
-    if local_loss:
-        logits_image, logits_text = scale * image @ all_text.T, scale * text @ all_image.T
-        labels = torch.arange(image.shape[0], device=image.device) + offset
-    else:
-        logits_image = scale * all_image @ all_text.T
-        logits_text = logits_image.T
-        labels = torch.arange(all_image.shape[0], device=image.device)
-    loss = (F.cross_entropy(logits_image.float(), labels, label_smoothing=label_smoothing)
-            + F.cross_entropy(logits_text.float(), labels, label_smoothing=label_smoothing)) / 2
-    if not local_loss and not gather_with_grad:
-        # Each rank's gradient reaches only its own rows: x world size, so DDP's average is the full gradient.
-        loss = loss * get_world_size() - loss.detach() * (get_world_size() - 1)
+
+    def infonce(scale: torch.Tensor) -> torch.Tensor:
+        if local_loss:
+            logits_image, logits_text = scale.exp() * image @ all_text.T, scale.exp() * text @ all_image.T
+            labels = torch.arange(image.shape[0], device=image.device) + offset
+        else:
+            logits_image = scale.exp() * all_image @ all_text.T
+            logits_text = logits_image.T
+            labels = torch.arange(all_image.shape[0], device=image.device)
+        return (F.cross_entropy(_at_least_fp32(logits_image), labels, label_smoothing=label_smoothing)
+                + F.cross_entropy(_at_least_fp32(logits_text), labels, label_smoothing=label_smoothing)) / 2
+
+    loss = infonce(logit_scale)
+    if not local_loss and not gather_with_grad and get_world_size() > 1:
+        # Each rank's gradient reaches only its own rows: the feature gradient x world size makes DDP's average
+        # the full gradient; the temperature's gradient is already whole on every rank and stays as it is.
+        features_only = infonce(logit_scale.detach())
+        loss = loss + (get_world_size() - 1) * (features_only - features_only.detach())
     return loss
 
 
@@ -71,7 +81,7 @@ def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tens
     single-process loss over the global batch (the paper's normalisation by the mini-batch size).
     """
     all_text, offset = gather_rows(text, with_grad=True)
-    logits = (logit_scale.exp() * image @ all_text.T + logit_bias).float()
+    logits = _at_least_fp32(logit_scale.exp() * image @ all_text.T + logit_bias)
     signs = -torch.ones_like(logits)
     rows = torch.arange(image.shape[0], device=image.device)
     signs[rows, rows + offset] = 1.0
