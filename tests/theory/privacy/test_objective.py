@@ -96,3 +96,22 @@ def test_epsilon_and_weights_after_resume_equal_an_uninterrupted_run(tmp_path):
     assert resumed.objective.history == straight.objective.history
     for key, value in straight.objective.state_dict().items():
         assert torch.equal(resumed.objective.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("overrides", [
+    ["objective.schedule=full", "data.batch_size=1438"],
+    ["objective.schedule=poisson", "+objective.sample_rate=0.2", "data.sampler={type: poisson, sample_rate: 0.2}"],
+])
+def test_full_and_poisson_schedules_train_and_account(tmp_path, overrides):
+    run = trainer(tmp_path, "train.max_steps=10", "objective.epochs=2", *overrides)
+    run.train()
+    probe = run.objective
+    assert probe.accountant.steps == 10 and len(probe.history) == 10 // probe.batches_per_epoch
+    last = probe.history[-1]
+    if probe.schedule == "poisson":  # labelled approximate, no GDP value claimed, never above the certified value
+        assert probe.accountant.approximate and "mu_last_iterate" not in last and "epsilon_last_iterate" not in last
+        assert last["epsilon_last_iterate_approx"] <= last["epsilon_composition"]
+        assert probe.normaliser == pytest.approx(0.2 * 1438)
+    else:
+        assert last["epsilon_last_iterate"] < last["epsilon_composition"]
+        assert last["mu_last_iterate"] == pytest.approx(probe.accountant.mu(10))

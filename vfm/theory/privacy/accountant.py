@@ -127,8 +127,11 @@ class LastIterateAccountant:
     def epsilon(self, delta: float, steps: int | None = None) -> float:
         """Epsilon at `delta` of the last iterate after T steps (default: the steps taken)."""
         if self.schedule == "poisson":
-            return poisson_sgd_last_iterate(self.mu0, self.sample_rate, self._steps(steps), self.c, delta,
-                                            method=self.poisson_method).epsilon
+            # The approximation can exceed the certified all-iterates value at few steps (the CLT is loose there);
+            # releasing every iterate covers the last one, so the smaller of the two stands.
+            approximate = poisson_sgd_last_iterate(self.mu0, self.sample_rate, self._steps(steps), self.c, delta,
+                                                   method=self.poisson_method).epsilon
+            return min(approximate, self.composition_epsilon(delta, steps))
         return float(gdp_epsilon(self.mu(steps), delta))
 
     def composition_epsilon(self, delta: float, steps: int | None = None) -> float:
@@ -184,7 +187,7 @@ class LastIterateAccountant:
 
 
 def noise_for_epsilon(epsilon: float, delta: float, steps: int, build: Callable[[float], LastIterateAccountant],
-                      accounting: str = "last_iterate", tolerance: float = 1e-6) -> float:
+                      accounting: str = "last_iterate", tolerance: float = 1e-5) -> float:
     """The smallest sigma whose accountant `build(sigma)` reaches `epsilon` at `delta` after `steps` (bisection)."""
     if not math.isfinite(epsilon) or epsilon <= 0:
         raise ConfigError(f"target_epsilon: got {epsilon!r}, expected a finite value > 0")
@@ -195,11 +198,16 @@ def noise_for_epsilon(epsilon: float, delta: float, steps: int, build: Callable[
         accountant = build(sigma)
         return accountant.epsilon(delta, steps) if accounting == "last_iterate" else accountant.composition_epsilon(delta, steps)
 
-    low, high = 1e-6, 1.0
+    # Bracket within a factor 4 first: accountants are slow (PLD) exactly where the noise is far too small.
+    low, high = 0.25, 1.0
     while spent(high) > epsilon:  # epsilon falls as the noise grows
         low, high = high, high * 4
         if high > 1e12:
             raise ConfigError(f"target_epsilon: {epsilon} at delta={delta} is out of reach for any noise")
+    while spent(low) <= epsilon:
+        low, high = low / 4, low
+        if low < 1e-12:
+            raise ConfigError(f"target_epsilon: {epsilon} at delta={delta} is reached without noise; check the inputs")
     while high / low > 1 + tolerance:
         middle = math.sqrt(low * high)
         low, high = (middle, high) if spent(middle) > epsilon else (low, middle)

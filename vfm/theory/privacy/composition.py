@@ -67,7 +67,9 @@ def poisson_composition_epsilon(mu0: float, sample_rate: float, steps: int, delt
 
     logging.getLogger("absl").setLevel(logging.ERROR)
     # Under REPLACE_ONE dp-accounting reads noise multiplier z as a shift of 2/z between neighbours: z = 2/mu0.
-    accountant = PLDAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    # A 1e-3 grid of privacy-loss values: 10x faster than the default 1e-4 and still pessimistic (an upper bound).
+    accountant = PLDAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE,
+                               value_discretization_interval=1e-3)
     accountant.compose(dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(2.0 / mu0)),
                        int(steps))
     return float(accountant.get_epsilon(delta))
