@@ -43,7 +43,7 @@ class TaskData:
 
 def default_alphas(count: int = 21, low: float = 0.0, high: float = 1.0) -> list[float]:
     """The paper's grid: linspace(0, 1, 21)."""
-    return [round(float(a), 10) for a in torch.linspace(low, high, count).tolist()]
+    return [round(float(a), 10) for a in torch.linspace(low, high, count, dtype=torch.float64).tolist()]
 
 
 class Editor:

@@ -178,7 +178,8 @@ def plot_disentanglement(result: dict[str, Any], path: str | Path, title: str | 
     matrix = torch.tensor(result["matrix"]).T  # rows: alpha_2, columns: alpha_1
     alphas = result["alphas"]
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
-    image = ax.imshow(matrix.numpy(), origin="lower", cmap="viridis", vmin=0.0,
+    # xi is a sum of two rates: [0, 2] on every heatmap, so heatmaps of different modes compare by colour.
+    image = ax.imshow(matrix.numpy(), origin="lower", cmap="viridis", vmin=0.0, vmax=2.0,
                       extent=(alphas[0], alphas[-1], alphas[0], alphas[-1]), aspect="auto")
     first, second = result["tasks"]
     ax.set(xlabel=f"alpha ({first})", ylabel=f"alpha ({second})", title=title or f"disentanglement error {first}-{second}")
