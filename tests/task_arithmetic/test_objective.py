@@ -14,8 +14,9 @@ from vfm.engine.objective import check_requirements, requirements_of
 from vfm.engine.run_config import RunConfig
 from vfm.engine.strategies import strategy_caps
 from vfm.engine.trainer import Trainer
-from vfm.errors import ConfigError, DataError
+from vfm.errors import CheckpointError, ConfigError, DataError
 from vfm.registry import OBJECTIVES
+from vfm.weights import save_safetensors
 
 
 def _trainer(config, *overrides: str) -> Trainer:
@@ -37,7 +38,7 @@ def test_attn_only_step_changes_only_the_selected_tensors(finetune_config, caplo
     assert len(trainer.optimizer.state) == 2  # AdamW moments for the two selected tensors only
 
 
-def test_linearized_run_keeps_theta0_out_of_step_checkpoints_and_resumes(finetune_config):  # noqa: F811
+def test_linearized_run_keeps_theta0_out_of_step_checkpoints_and_resumes(finetune_config, pretrained_file):  # noqa: F811
     trainer = _trainer(finetune_config, "objective.finetune.mode=linearized", "objective.finetune.rule=attn_linear")
     point_keys = trainer.objective.frozen_state_keys()
     assert point_keys == ["linearization_point.blocks__0__attn__qkv__weight", "linearization_point.blocks__0__attn__proj__weight"]
@@ -55,6 +56,14 @@ def test_linearized_run_keeps_theta0_out_of_step_checkpoints_and_resumes(finetun
 
     exported = load_file(str(trainer.work_dir / "model.safetensors"))
     assert set(point_keys) <= set(exported)  # the final export keeps everything
+    # theta0 rebuilt from another source than the run started with: the resume refuses it.
+    other = {k: v + 1.0 for k, v in load_file(str(pretrained_file)).items()}
+    save_safetensors(other, pretrained_file.parent / "other.safetensors")
+    moved = _trainer(finetune_config, "objective.finetune.mode=linearized", "objective.finetune.rule=attn_linear",
+                     f"objective.pretrained={pretrained_file.parent / 'other.safetensors'}", "train.max_steps=4",
+                     "resume=auto")
+    with pytest.raises(CheckpointError, match="frozen weights"):
+        moved.resume()
 
 
 def test_linearized_modes_run_under_single_and_ddp_only(finetune_config):  # noqa: F811

@@ -108,10 +108,11 @@ def task_config(config: str | Path, overrides: Sequence[str], task: str) -> Dict
     from vfm.config import load_config
     from vfm.engine.run_config import RunConfig
 
-    cfg = load_config(config, [*overrides, f"objective.task={task}", "objective.finetune.mode=standard",
-                               "objective.finetune.rule=null"], RunConfig)
+    cfg = load_config(config, [*overrides, f"objective.task={task}"], RunConfig)
     if cfg.objective.get("type") != "task_arithmetic":
         raise ConfigError(f"{config}: objective.type is {cfg.objective.get('type')!r}, expected task_arithmetic")
+    # Heads and theta0 come from the pre-trained encoder whatever mode the config fine-tunes in.
+    cfg.objective["finetune"] = {"mode": "standard", "rule": None}
     return cfg
 
 
