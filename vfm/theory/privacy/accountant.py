@@ -105,6 +105,7 @@ class LastIterateAccountant:
         """GDP of the last iterate after T steps (default: the steps taken); an approximation for Poisson."""
         steps = self._steps(steps)
         if self.schedule == "poisson":
+            # The minimising split of a GDP value does not depend on delta; 1e-5 only fills the epsilon field.
             found = poisson_sgd_last_iterate(self.mu0, self.sample_rate, steps, self.c, 1e-5, method="clt")
             return float(found.mu)
         best = self.composition_mu(steps)  # releasing every iterate covers releasing the last one
