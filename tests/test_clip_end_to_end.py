@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from conftest import REPO, run_tool
 
 CLIP = REPO / "configs" / "clip" / "clip_vit_tiny_shapes.yaml"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO, run_tool
 from shard_fixtures import make_pairs
+
+from conftest import REPO, run_tool
 
 CONFIG = REPO / "tests" / "configs" / "shard_stream.yaml"
 

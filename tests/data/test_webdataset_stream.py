@@ -154,6 +154,8 @@ def test_config_errors_name_the_key(shards, tmp_path):
         DATASETS.validate({**node, "resampled": True}, "data.train")
     with pytest.raises(ConfigError, match="data.train.weights: got \\[1.0, 2.0\\], expected 1 positive"):
         DATASETS.validate({**node, "weights": [1.0, 2.0], "resampled": True, "epoch_samples": 8}, "data.train")
-    with pytest.raises(DataError, match=r"urls: shard .*missing-000001.tar not found"):
-        DATASETS.validate({**node, "urls": str(tmp_path / "missing-{000001..000003}.tar")}, "data.train")
+    with pytest.raises(DataError, match=r"urls: shard .*missing-000001.tar not found \(and 2 more\)"):
+        DATASETS.build({**node, "urls": str(tmp_path / "missing-{000001..000003}.tar")}, "data.train")
+    with pytest.raises(DataError, match=r"urls: '.*nothing-\*.tar' names no shard"):
+        DATASETS.build({**node, "urls": str(tmp_path / "nothing-*.tar")}, "data.train")
     assert len(expand_urls(shards + "::" + shards)) == 8

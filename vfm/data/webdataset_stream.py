@@ -60,8 +60,6 @@ def _check_stream(kwargs: dict[str, Any], path: str) -> None:
         raise ConfigError(f"{path}.split_by: got {kwargs['split_by']!r}, expected 'shards' or 'samples'")
     if (kwargs.get("shuffle_buffer") or 0) < 0:
         raise ConfigError(f"{path}.shuffle_buffer: got {kwargs['shuffle_buffer']}, expected >= 0")
-    for source in sources:
-        check_local_shards(expand_urls(source))
 
 
 def _seed(*parts: int) -> int:
@@ -78,7 +76,10 @@ class ShardStream(IterableDataset):
                  epoch_samples: int | None = None, num_samples: int | None = None, shuffle_buffer: int = 1000,
                  shuffle_shards: bool = True, split_by: Literal["shards", "samples"] = "shards", seed: int = 0,
                  on_error: Literal["skip", "raise"] = "skip", transforms: list[TransformNode] | None = None) -> None:
+        # Shards are looked up when the dataset is built (before training), not when the config is validated.
         self.sources = [expand_urls(u) for u in ([urls] if isinstance(urls, str) else urls)]
+        for source in self.sources:
+            check_local_shards(source)
         self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
         self.resampled, self.epoch_samples, self.num_samples = resampled, epoch_samples, num_samples
         self.shuffle_buffer, self.shuffle_shards, self.split_by = shuffle_buffer, shuffle_shards, split_by

@@ -20,9 +20,6 @@ def _check(kwargs: dict[str, Any], path: str) -> None:
     if (kwargs.get("classnames") is None) == (kwargs.get("classes_file") is None):
         raise ConfigError(f"{path}: give exactly one of classnames (a list) and classes_file (a JSON file with "
                           "'classes' and optionally 'templates')")
-    file = kwargs.get("classes_file")
-    if file is not None and not Path(file).is_file():
-        raise ConfigError(f"{path}.classes_file: {file!r} not found")
 
 
 def load_classes(classnames: list[str] | None, classes_file: str | None,
