@@ -50,8 +50,14 @@ def main() -> int:
     summary = {"figure_1": figure_1_rows(), "mnist_table_1": mnist_rows()}
     plot_epsilon_curve(LastIterateAccountant("full", FIGURE_1["c"], mu0=FIGURE_1["mu0"]), list(range(1, 161)),
                        FIGURE_1["delta"], out / "privacy_figure1.png", title="noisy GD, c = 0.95, mu0 = 0.1 (Figure 1)")
-    with tempfile.TemporaryDirectory() as work:
-        run = digits_run(Path(work), args.overrides)
+    from vfm.errors import VfmError
+
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            run = digits_run(Path(work), args.overrides)
+    except VfmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     summary["digits"] = run
     plot_run(run["history"], run["accuracy"], out / "privacy_digits.png",
              title=f"DP softmax regression on digits, noisy cyclic GD, sigma = {run['sigma']:.4f}")

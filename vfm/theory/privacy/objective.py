@@ -58,7 +58,10 @@ class DpLinearProbe(nn.Module):
         # A bias is a weight on a constant feature 1: the augmented feature norm is sqrt(R^2 + 1).
         effective_norm = math.sqrt(feature_norm**2 + 1) if bias else feature_norm
         constants = logistic_constants(effective_norm, l2, self.multiclass)
-        self.c = contraction_factor(l2, constants.smoothness, lr)
+        try:
+            self.c = contraction_factor(l2, constants.smoothness, lr)
+        except ConfigError as error:  # name the config keys: eta is objective.lr, m is objective.l2
+            raise type(error)(f"objective.lr / objective.l2: {error}") from error
         if clip is not None and not clip > 0:
             raise ConfigError(f"objective.clip: got {clip!r}, expected a per-example gradient norm bound > 0")
         if clip is not None and clip < constants.lipschitz and self.multiclass:
@@ -83,10 +86,12 @@ class DpLinearProbe(nn.Module):
 
     # ---------------------------------------------------------------------------- engine contract
     def requirements(self) -> Requirements:
+        """single or DDP, fp32, no accumulation or global clipping (the step is accounted as one noisy update)."""
         return Requirements(strategies=("single", "ddp"), precisions=("fp32",), grad_accum=False, clip_grad_norm=False,
                             owns_backward=True)
 
     def trainable_parameters(self) -> list[str]:
+        """The head's weight and bias: the only parameters there are."""
         return [name for name, _ in self.named_parameters()]
 
     def check_dataset(self, dataset: Any, path: str) -> None:
@@ -107,12 +112,14 @@ class DpLinearProbe(nn.Module):
             self.train_size = len(dataset)
 
     def extra_state(self) -> dict[str, Any]:
+        """Noise, batch size, accountant, first-epoch partition, expected next weights and history, for checkpoints."""
         return {"sigma": self.sigma, "batch_size": self.batch_size, "train_size": self.train_size,
                 "accountant": self.accountant.state_dict() if self.accountant is not None else None,
                 "partition": [list(b) for b in self.partition], "history": [dict(h) for h in self.history],
                 "expected": {k: v.clone() for k, v in self.expected.items()} if self.expected is not None else None}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Continue the accounting of `extra_state()`; another training set size is a ConfigError."""
         if state["train_size"] != self.train_size:
             raise ConfigError(f"resume: the checkpoint accounted {state['train_size']} training records, this run has "
                               f"{self.train_size}")
@@ -210,6 +217,7 @@ class DpLinearProbe(nn.Module):
         return z if self.multiclass else torch.cat([torch.zeros_like(z), z], dim=1)
 
     def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Logits for the accuracy evaluator."""
         return {"logits": self.logits(batch["features"])}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
