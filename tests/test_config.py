@@ -338,3 +338,20 @@ def test_plus_cannot_extend_typed_sections_or_empty_nodes(tmp_path):
         load_config(path, ["+data.val.type=digits"], RunConfig)
     cfg = load_config(path, ["+objective.extra.depth=2", "data.val={type: digits, split: val}"], RunConfig)
     assert cfg.objective.extra.depth == 2 and cfg.data.val.split == "val"
+
+
+def test_aliases_rewrite_an_overrides_first_key(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("_aliases_: {task: objective.task, ft: objective.finetune}\n"
+                      "objective: {type: x, task: identity, finetune: {mode: standard}}\n")
+    cfg = load_config(config, ["task=rotated", "ft.mode=attn_only"])
+    assert cfg.objective.task == "rotated" and cfg.objective.finetune.mode == "attn_only" and "_aliases_" not in cfg
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: c.yaml\n")  # aliases are inherited from a base file
+    assert load_config(child, ["task=flipped"]).objective.task == "flipped"
+    with pytest.raises(ConfigError, match="unknown key 'objective.tsk'"):
+        load_config(config, ["objective.tsk=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("_aliases_: {task: objective.nothing}\nobjective: {type: x}\n")
+    with pytest.raises(ConfigError, match="_aliases_.task: target key 'objective.nothing' does not exist"):
+        load_config(bad)

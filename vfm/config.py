@@ -1,4 +1,5 @@
-"""YAML configs: `_base_` inheritance, OmegaConf interpolation, typed schema, CLI overrides, dump.
+"""YAML configs: `_base_` inheritance, OmegaConf interpolation, typed schema, CLI overrides (with a config's
+`_aliases_`), dump.
 
 Precedence, lowest first: schema defaults < `_base_` files (in list order) < the config file < CLI
 overrides. Mappings merge key by key, lists are replaced, and a mapping whose `type` changes is
@@ -22,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vfm.errors import ConfigError
 
 BASE_KEY = "_base_"
+ALIASES_KEY = "_aliases_"  # short override names: {task: objective.task} lets `task=rotated` set objective.task
 _OVERRIDE_RE = re.compile(r"^(\+?)([A-Za-z_][\w-]*(?:\.[\w-]+)*)=(.*)$", re.DOTALL)
 
 
@@ -170,10 +172,29 @@ def _key_exists(cfg: DictConfig, key: str) -> bool:
     return True
 
 
-def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Apply CLI overrides in order; changing an unknown key is an error unless it starts with `+`."""
+def _check_aliases(aliases: Any, path: str | Path, cfg: DictConfig) -> dict[str, str]:
+    """A config's `_aliases_`: short top-level names for deep keys, e.g. {task: objective.task}."""
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise ConfigError(f"{path}: {ALIASES_KEY} must map short names to dotted keys, got {aliases!r}")
+    for name, target in aliases.items():
+        if "." in name or name in cfg.keys():
+            raise ConfigError(f"{path}: {ALIASES_KEY}.{name}: an alias must be one word that is not a top-level key")
+        if not _key_exists(cfg, target):
+            raise ConfigError(f"{path}: {ALIASES_KEY}.{name}: target key {target!r} does not exist in the config")
+    return aliases
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str], aliases: Mapping[str, str] | None = None) -> DictConfig:
+    """Apply CLI overrides in order; changing an unknown key is an error unless it starts with `+`.
+
+    `aliases` (a config's `_aliases_`) rewrite an override's first key part: `task=x` sets `objective.task`.
+    """
+    aliases = aliases or {}
     for text in overrides:
         key, value, adds = parse_override(text)
+        head, _, rest = key.partition(".")
+        if head in aliases:
+            key = f"{aliases[head]}.{rest}" if rest else aliases[head]
         exists = _key_exists(cfg, key)
         if not exists and not adds:
             candidates = _all_paths(cfg)
@@ -242,13 +263,14 @@ def load_config(
 ) -> DictConfig:
     """Load `path` with its bases, merge it onto `schema` (a dataclass), apply overrides, resolve."""
     tree = load_yaml_tree(path)
+    aliases = tree.pop(ALIASES_KEY, {})
     try:
         cfg = OmegaConf.structured(schema) if schema is not None else OmegaConf.create({})
         cfg = OmegaConf.merge(cfg, OmegaConf.create(tree))
     except OmegaConfBaseException as error:
         raise ConfigError(f"{path}: {_describe_merge_error(error, cfg if schema else None)}") from error
     assert isinstance(cfg, DictConfig)
-    apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides, _check_aliases(aliases, path, cfg))
     try:  # missing_keys reads every value, so a broken interpolation fails here first
         missing = sorted(OmegaConf.missing_keys(cfg))
     except OmegaConfBaseException as error:
