@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfm.dist.collectives import all_gather_objects, all_reduce_sum
-from vfm.engine.objective import Requirements
 from vfm.errors import ConfigError
 from vfm.registry import OBJECTIVES
+from vfm.requirements import Requirements
 from vfm.theory.privacy.accountant import LastIterateAccountant, noise_for_epsilon
 from vfm.theory.privacy.guards import SamplerMismatchError, check_convex_head, contraction_factor, logistic_constants
 
