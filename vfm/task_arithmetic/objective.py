@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vfm.engine.objective import Requirements
+from vfm.requirements import Requirements
 from vfm.errors import CheckpointError, ConfigError, DataError
 from vfm.registry import BACKBONES, DATASETS, OBJECTIVES
 from vfm.task_arithmetic.heads import DEFAULT_TEMPLATES, build_head
