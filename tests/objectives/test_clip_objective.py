@@ -55,6 +55,15 @@ def test_cached_feature_accumulation_equals_one_large_batch(kind, accum_freq):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_every_trainable_parameter_gets_a_gradient(kind):
+    # DDP stalls on parameters without gradients (BERT's unused pooler head was one).
+    objective = build(kind)
+    objective(batch())["loss"].backward()
+    missing = [n for n, p in objective.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
 def test_accumulation_declares_it_owns_the_backward():
     req = build(accum_freq=2).requirements()
     assert req.owns_backward and not req.grad_accum and req.precisions == ("fp32", "bf16")

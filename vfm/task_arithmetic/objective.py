@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vfm.requirements import Requirements
 from vfm.errors import CheckpointError, ConfigError, DataError
 from vfm.registry import BACKBONES, DATASETS, OBJECTIVES
+from vfm.requirements import Requirements
 from vfm.task_arithmetic.heads import DEFAULT_TEMPLATES, build_head
 from vfm.task_arithmetic.linearize import LinearizationPoint, linearized_call
 from vfm.task_arithmetic.selectors import RULES, count_parameters, select_parameters

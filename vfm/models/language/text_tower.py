@@ -69,6 +69,9 @@ class HFTextTower(nn.Module):
                 self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **config))
             except (ValueError, TypeError) as error:
                 raise ConfigError(f"text.config: transformers rejected model_type {model_type!r}: {error}") from error
+        if getattr(self.model, "pooler", None) is not None:
+            # BERT's pooler head is not read by any pooling here; parameters without gradients would stall DDP.
+            self.model.pooler = None
         if self.tokenizer.pad_token is None:  # LLaMA tokenizers ship without one
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         if gradient_checkpointing:
