@@ -32,6 +32,9 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys, pretrained_file): 
     assert tool.main(["build", "--pretrained", str(pretrained_file), "--finetuned", str(pretrained_file),
                       "--out", str(tmp_path / "v")]) == 2
     assert "records the fine-tuning mode; pass --mode" in capsys.readouterr().err
+    assert tool.main(["build", "--pretrained", str(pretrained_file), "--finetuned", str(tmp_path / "gone.safetensors"),
+                      "--out", str(tmp_path / "v")]) == 2  # no --mode: the missing file is still what is reported
+    assert "gone.safetensors: checkpoint file not found" in capsys.readouterr().err
     assert tool.main(["report", str(tmp_path)]) == 2
     assert f"{tmp_path}: no results.json" in capsys.readouterr().err
     assert tool.main(["negate", str(REPO / "configs" / "task_arithmetic" / "finetune_digits.yaml"), "--vector",

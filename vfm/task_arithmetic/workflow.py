@@ -79,6 +79,9 @@ def build_vectors(pretrained: str | Path, finetuned: Sequence[str | Path], out: 
     out = Path(out)
     if tasks is not None and len(tasks) != len(finetuned):
         raise ConfigError(f"--task: {len(tasks)} names for {len(finetuned)} fine-tuned files")
+    for path in (pretrained, *finetuned):  # a missing file is named as such, before any mode lookup beside it
+        if not Path(path).is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found")
     written = []
     for i, path in enumerate(finetuned):
         vector = vector_from_files(pretrained, path, rule, mode, tasks[i] if tasks else None)
