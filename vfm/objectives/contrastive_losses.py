@@ -25,7 +25,7 @@ def check_gather_options(loss: str, local_loss: bool, gather_with_grad: bool) ->
                           "other ranks' terms of this rank's features are lost")
 
 
-def gather_rows(features: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, int]:
+def gather_features(features: torch.Tensor, with_grad: bool) -> tuple[torch.Tensor, int]:
     """(every rank's rows in rank order, the offset of this rank's rows); this rank's rows keep their gradient."""
     if get_world_size() == 1:
         return features, 0
@@ -50,8 +50,8 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     log-temperature parameter (logits are exp(logit_scale) * cosine).
     """
     check_gather_options("infonce", local_loss, gather_with_grad)
-    all_image, offset = gather_rows(image, gather_with_grad)
-    all_text, _ = gather_rows(text, gather_with_grad)
+    all_image, offset = gather_features(image, gather_with_grad)
+    all_text, _ = gather_features(text, gather_with_grad)
 
     def infonce(scale: torch.Tensor) -> torch.Tensor:
         if local_loss:
@@ -80,7 +80,7 @@ def siglip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tens
     z_ij = 1 for a matching pair, -1 otherwise; n is this rank's number of images, so the mean over ranks is the
     single-process loss over the global batch (the paper's normalisation by the mini-batch size).
     """
-    all_text, offset = gather_rows(text, with_grad=True)
+    all_text, offset = gather_features(text, with_grad=True)
     logits = _at_least_fp32(logit_scale.exp() * image @ all_text.T + logit_bias)
     signs = -torch.ones_like(logits)
     rows = torch.arange(image.shape[0], device=image.device)
