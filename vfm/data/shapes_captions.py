@@ -8,7 +8,8 @@ Every image is drawn from its own seed (seed, split, index), so the same argumen
 
 Written under `root`: `images/{train,val}/NNNNNN.png`, `{train,val}.jsonl` (one record per image: image path,
 caption, label, class name and the attributes), `classes.json` (class names and zero-shot prompt templates),
-`docs.jsonl` (interleaved documents: text and image slots, MMC4-like) and, through `vfm.data.shard_writer`,
+`docs.jsonl` (interleaved documents: text and image slots, MMC4-like), `tokenizer/` (a word-level
+tokenizer of the captions, for tiny language models) and, through `vfm.data.shard_writer`,
 the webdataset shards `shards/{train,val}-NNNNNN.tar` and `shards/docs-NNNNNN.tar`.
 """
 
@@ -132,10 +133,26 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(temporary, path)
 
 
+def _grammar_texts() -> list[str]:
+    """Every word the caption grammar and the prompts can produce (so no caption has an unknown word)."""
+    words = [w for _, synonyms in COLOURS.values() for w in synonyms] + [w for pair in SHAPES.values() for g in pair for w in g]
+    words += [w for group in (SIZES, POSITIONS, COUNTS) for synonyms in group.values() for w in synonyms]
+    words += [t.replace("{", " ").replace("}", " ") for t in CAPTION_TEMPLATES + PROMPT_TEMPLATES] + list(CLASSES)
+    return words + ["summarize:"]
+
+
+def class_word_synonyms() -> dict[str, list[str]]:
+    """Each word of a class name and the words captions use for it (plurals included), for caption scoring."""
+    synonyms = {name: list(words) for name, (_, words) in COLOURS.items()}
+    synonyms |= {name: list(singular) + list(plural) for name, (singular, plural) in SHAPES.items()}
+    return synonyms
+
+
 def make_shapes_captions(root: str | Path, num_train: int, num_val: int, image_size: int = 64, seed: int = 0,
                          num_docs: int = 1000, maxcount: int = 1000) -> dict[str, Any]:
     """Write the captioned set (images, JSONL, classes, documents, shards) under `root`; returns counts."""
     from vfm.data.shard_writer import write_document_shards, write_pair_shards
+    from vfm.data.word_tokenizer import train_word_tokenizer
 
     if num_train < 1 or num_val < 1:
         raise ConfigError(f"shapes captions: expected --train and --val >= 1, got {num_train}, {num_val}")
@@ -162,9 +179,12 @@ def make_shapes_captions(root: str | Path, num_train: int, num_val: int, image_s
     shards = {split: write_pair_shards(records[split], root, str(root / "shards" / f"{split}-%06d.tar"), maxcount)
               for split in SPLITS}
     shards["docs"] = write_document_shards(docs, root, str(root / "shards" / "docs-%06d.tar"), maxcount) if docs else []
+    # A word-level tokenizer of the captions (and prompts) for tiny language models.
+    train_word_tokenizer(_grammar_texts() + [r["caption"] for r in records["train"]], root / "tokenizer")
     # classes.json goes last: its presence means everything else is there.
     temporary = root / "classes.json.tmp"
-    temporary.write_text(json.dumps({"classes": list(CLASSES), "templates": list(PROMPT_TEMPLATES)}, indent=1))
+    temporary.write_text(json.dumps({"classes": list(CLASSES), "templates": list(PROMPT_TEMPLATES),
+                                     "synonyms": class_word_synonyms()}, indent=1))
     os.replace(temporary, root / "classes.json")
     return {"train": num_train, "val": num_val, "docs": num_docs, "classes": len(CLASSES),
             "shards": {name: len(paths) for name, paths in shards.items()}}

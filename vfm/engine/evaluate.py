@@ -15,7 +15,8 @@ from vfm.data.loader import build_loader, underlying_dataset
 from vfm.engine.validation import DEFAULT_SET, eval_set_names
 from vfm.errors import CheckpointError, ConfigError
 from vfm.registry import DATASETS, EVALUATORS, OBJECTIVES, import_custom_modules
-from vfm.weights import FORMAT, describe_mismatch, extract_weights, load_state_dict_file
+from vfm.engine.seeding import seed_everything
+from vfm.weights import FORMAT, describe_mismatch, extract_weights, fingerprint, load_state_dict_file, load_weights
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -106,7 +107,8 @@ def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> n
     """Build the objective of `cfg` and load `checkpoint` into it (on the GPU when there is one, in eval mode).
 
     `weights`: model, ema, or auto (the weights the run itself evaluated, for vfm checkpoints). Keys an objective
-    leaves out of step checkpoints (`frozen_state_keys`) come from its own construction.
+    leaves out of step checkpoints (`frozen_state_keys`) come from its construction as in training: the same
+    seed, then the config's `load_from`; a checkpoint that records their fingerprint is checked against it.
     """
     import_custom_modules(cfg.custom_imports)
     state = load_state_dict_file(checkpoint)
@@ -115,9 +117,17 @@ def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> n
         raise CheckpointError(f"{checkpoint}: --weights ema, but the file holds no EMA weights")
     prefer_ema = weights == "ema" or (weights == "auto" and is_run and state.get("eval_weights") == "ema")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed_everything(cfg.seed, cfg.get("deterministic", False))
     model = OBJECTIVES.build(cfg.objective, "objective")
     weights = extract_weights(state, prefer_ema)
     frozen = set(getattr(model, "frozen_state_keys", lambda: ())())
+    if frozen and cfg.get("load_from"):
+        load_weights(model, cfg.load_from)
+    saved = state.get("frozen") if is_run else None
+    own = model.state_dict()
+    if saved and (not set(saved["keys"]) <= set(own) or fingerprint(own, saved["keys"]) != saved["fingerprint"]):
+        raise CheckpointError(f"{checkpoint}: the frozen weights this config builds (frozen_state_keys, left out of the "
+                              "checkpoint) differ from those the run trained with; use the run's config and load_from")
     mismatch = describe_mismatch(model.state_dict(), weights, ignore=frozen)
     if mismatch:
         raise CheckpointError(f"{checkpoint}: not a checkpoint of this config's model ({mismatch})")

@@ -1,4 +1,4 @@
-"""Image features from any evaluated model: its `encode_image`, else its backbone's pre-logits (timm surface)."""
+"""Image features from any evaluated model: a named method, its `encode_image`, else its backbone's pre-logits."""
 
 from __future__ import annotations
 
@@ -15,9 +15,17 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def image_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(N, D) features of `images`: `model.encode_image`, or `model.backbone`'s pooled pre-logits."""
+def image_features(model: nn.Module, images: torch.Tensor, method: str | None = None) -> torch.Tensor:
+    """(N, D) features of `images`: `model.<method>` when named, else `model.encode_image`, else the backbone's.
+
+    `method` picks one of several image paths (InternVL's `encode_image_c` / `encode_image_g`).
+    """
     images = images.to(model_device(model))
+    if method is not None:
+        function = getattr(model, method, None)
+        if not callable(function):
+            raise ConfigError(f"evaluator image_method: {type(model).__name__} has no method {method!r}")
+        return function(images).float()
     if callable(getattr(model, "encode_image", None)):
         return model.encode_image(images).float()
     backbone = getattr(model, "backbone", None)

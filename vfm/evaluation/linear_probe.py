@@ -27,11 +27,11 @@ class LinearProbe(Evaluator):
     """
 
     def __init__(self, train: Annotated[dict, DATASETS], C: float = 1.0, max_iter: int = 1000, batch_size: int = 256,
-                 max_train_samples: int | None = None, label_key: str = "label") -> None:
+                 max_train_samples: int | None = None, label_key: str = "label", image_method: str | None = None) -> None:
         if C <= 0:
             raise ConfigError(f"linear_probe.C: got {C}, expected > 0 (the inverse regularisation strength)")
         self.train_node, self.C, self.max_iter, self.batch_size = train, C, max_iter, batch_size
-        self.max_train_samples, self.label_key = max_train_samples, label_key
+        self.max_train_samples, self.label_key, self.image_method = max_train_samples, label_key, image_method
         self.classifier: Any = None
         self.reset()
 
@@ -46,7 +46,7 @@ class LinearProbe(Evaluator):
             dataset = Subset(dataset, range(get_rank(), len(dataset), get_world_size()))
         features, labels, seen = [], [], 0
         for batch in DataLoader(dataset, batch_size=self.batch_size, collate_fn=getattr(dataset, "collate_fn", None)):
-            features.append(image_features(model, batch["image"]).cpu())
+            features.append(image_features(model, batch["image"], self.image_method).cpu())
             labels.append(torch.as_tensor(batch[self.label_key]).cpu())
             seen += len(labels[-1])
             if self.max_train_samples is not None and seen * get_world_size() >= self.max_train_samples:
@@ -75,9 +75,9 @@ class LinearProbe(Evaluator):
         self.labels: list[torch.Tensor] = []
 
     def process(self, batch: Any, outputs: Any) -> None:
-        features = outputs.get("image_features") if isinstance(outputs, dict) else None
+        features = outputs.get("image_features") if isinstance(outputs, dict) and not self.image_method else None
         if features is None:
-            features = image_features(self.model, batch["image"])
+            features = image_features(self.model, batch["image"], self.image_method)
         self.features.append(features.detach().float().cpu())
         self.labels.append(torch.as_tensor(batch[self.label_key]).cpu())
 

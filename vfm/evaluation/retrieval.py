@@ -9,6 +9,7 @@ import torch
 from vfm.dist.collectives import gather_rows
 from vfm.errors import ConfigError
 from vfm.evaluation.base import Evaluator
+from vfm.evaluation.features import image_features
 from vfm.registry import EVALUATORS
 
 
@@ -31,12 +32,20 @@ def recall_at_k(similarity: torch.Tensor, ks: tuple[int, ...], chunk: int = 4096
 
 @EVALUATORS.register("retrieval")
 class Retrieval(Evaluator):
-    """R@k both ways from `outputs["image_features"]` and `outputs["text_features"]` (row i of each is a pair)."""
+    """R@k both ways from `outputs["image_features"]` and `outputs["text_features"]` (row i of each is a pair).
 
-    def __init__(self, ks: list[int] = (1, 5, 10)) -> None:
+    `image_method` names a model method to compute the image features with instead (one of several paths).
+    """
+
+    def __init__(self, ks: list[int] = (1, 5, 10), image_method: str | None = None) -> None:
         if not ks or any(k < 1 for k in ks):
             raise ConfigError(f"retrieval.ks: got {list(ks)}, expected one or more k >= 1")
-        self.ks = tuple(ks)
+        self.ks, self.image_method = tuple(ks), image_method
+        self.model: Any = None
+        self.reset()
+
+    def begin(self, model: Any, loader: Any) -> None:
+        self.model = model
         self.reset()
 
     @classmethod
@@ -52,7 +61,8 @@ class Retrieval(Evaluator):
         if not isinstance(outputs, dict) or "image_features" not in outputs or "text_features" not in outputs:
             raise ConfigError("retrieval evaluator: the objective's predict() gives no image_features and "
                               "text_features (a two-tower model on image-text data is needed)")
-        self.images.append(outputs["image_features"].detach().float().cpu())
+        images = image_features(self.model, batch["image"], self.image_method) if self.image_method else outputs["image_features"]
+        self.images.append(images.detach().float().cpu())
         self.texts.append(outputs["text_features"].detach().float().cpu())
 
     def compute(self) -> dict[str, float]:

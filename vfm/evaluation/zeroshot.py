@@ -40,8 +40,10 @@ class ZeroShotAccuracy(Evaluator):
     """Top-k accuracy of cosine(image, class embedding) against `batch[label_key]`; needs a text tower."""
 
     def __init__(self, classnames: list[str] | None = None, classes_file: str | None = None,
-                 templates: list[str] | None = None, topk: list[int] = (1, 5), label_key: str = "label") -> None:
+                 templates: list[str] | None = None, topk: list[int] = (1, 5), label_key: str = "label",
+                 image_method: str | None = None) -> None:
         self.classnames, self.templates = load_classes(classnames, classes_file, templates)
+        self.image_method = image_method  # a model method giving image features; None: predict's image_features
         self.topk, self.label_key = tuple(topk), label_key
         self.head: torch.Tensor | None = None
         self.reset()
@@ -63,9 +65,9 @@ class ZeroShotAccuracy(Evaluator):
         self.total = torch.zeros((), dtype=torch.float64)
 
     def process(self, batch: Any, outputs: Any) -> None:
-        features = outputs.get("image_features") if isinstance(outputs, dict) else None
+        features = outputs.get("image_features") if isinstance(outputs, dict) and not self.image_method else None
         if features is None:
-            features = image_features(self.model, batch["image"])
+            features = image_features(self.model, batch["image"], self.image_method)
         logits = features.float() @ self.head.to(features.device).T
         labels = batch[self.label_key].to(logits.device)
         keep = labels >= 0  # samples without a class (label -1) do not count
