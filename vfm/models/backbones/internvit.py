@@ -150,15 +150,14 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     """fc1 -> GELU -> fc2."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(x))))
+        return self.fc2(self.act(self.fc1(x)))  # no dropout here, as official
 
 
 class Block(nn.Module):
@@ -173,7 +172,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, layerscale_init)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = RMSNorm(dim, norm_eps)
-        self.mlp = Mlp(dim, mlp_dim, proj_drop)
+        self.mlp = Mlp(dim, mlp_dim)
         self.ls2 = LayerScale(dim, layerscale_init)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -253,6 +252,7 @@ class InternViT(nn.Module):
         dynamic_img_size: resample the position embedding to each input's grid instead of requiring img_size.
         attn_impl: "sdpa" (torch), "math" (explicit softmax), or "flash" (flash_attn package, CUDA fp16/bf16).
         grad_checkpointing: recompute each block in backward to save activation memory.
+        proj_drop_rate: dropout after the attention output projection (the official `dropout`; the MLP has none).
         init_std: std of the truncated-normal init (the official model leaves its init to the unreleased stage 1).
         """
         super().__init__()
