@@ -133,7 +133,7 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(temporary, path)
 
 
-def _grammar_texts() -> list[str]:
+def grammar_texts() -> list[str]:
     """Every word the caption grammar and the prompts can produce (so no caption has an unknown word)."""
     words = [w for _, synonyms in COLOURS.values() for w in synonyms] + [w for pair in SHAPES.values() for g in pair for w in g]
     words += [w for group in (SIZES, POSITIONS, COUNTS) for synonyms in group.values() for w in synonyms]
@@ -180,7 +180,7 @@ def make_shapes_captions(root: str | Path, num_train: int, num_val: int, image_s
               for split in SPLITS}
     shards["docs"] = write_document_shards(docs, root, str(root / "shards" / "docs-%06d.tar"), maxcount) if docs else []
     # A word-level tokenizer of the captions (and prompts) for tiny language models.
-    train_word_tokenizer(_grammar_texts() + [r["caption"] for r in records["train"]], root / "tokenizer")
+    train_word_tokenizer(grammar_texts() + [r["caption"] for r in records["train"]], root / "tokenizer")
     # classes.json goes last: its presence means everything else is there.
     temporary = root / "classes.json.tmp"
     temporary.write_text(json.dumps({"classes": list(CLASSES), "templates": list(PROMPT_TEMPLATES),

@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vfm.data.loader import build_loader, underlying_dataset
+from vfm.engine.seeding import seed_everything
 from vfm.engine.validation import DEFAULT_SET, eval_set_names
 from vfm.errors import CheckpointError, ConfigError
 from vfm.registry import DATASETS, EVALUATORS, OBJECTIVES, import_custom_modules
-from vfm.engine.seeding import seed_everything
 from vfm.weights import FORMAT, describe_mismatch, extract_weights, fingerprint, load_state_dict_file, load_weights
 
 

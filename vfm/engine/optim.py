@@ -26,16 +26,26 @@ def _no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def _layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
-    """Layer id per parameter name from the backbone's timm `group_matcher` (deeper = larger)."""
+def _layer_ids(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(layer id, top layer id) per parameter name, from every submodule with a timm `group_matcher`.
+
+    Each such submodule (a vision backbone, a language model) decays over its own depth; a matcher nested inside
+    another is the outer one's business. Parameters outside every matcher keep the full learning rate.
+    """
     from timm.models import group_parameters
 
+    layer_of: dict[str, tuple[int, int]] = {}
+    owners: list[str] = []
     for prefix, module in model.named_modules():
-        if hasattr(module, "group_matcher") and callable(module.group_matcher):
-            groups = group_parameters(module, module.group_matcher(coarse=False))
-            layer_of = {f"{prefix}.{n}" if prefix else n: layer for layer, names in groups.items() for n in names}
-            return layer_of, max(groups) if groups else 0
-    raise ConfigError("optim.layer_decay: the model has no submodule with a timm-style group_matcher()")
+        if any(prefix.startswith(owner + ".") for owner in owners) or not callable(getattr(module, "group_matcher", None)):
+            continue
+        owners.append(prefix)
+        groups = group_parameters(module, module.group_matcher(coarse=False))
+        top = max(groups) if groups else 0
+        layer_of |= {f"{prefix}.{n}" if prefix else n: (layer, top) for layer, names in groups.items() for n in names}
+    if not owners:
+        raise ConfigError("optim.layer_decay: the model has no submodule with a timm-style group_matcher()")
+    return layer_of
 
 
 def build_param_groups(
@@ -52,11 +62,12 @@ def build_param_groups(
       and names matching the `no_weight_decay` patterns;
     - `lr_mult` maps fnmatch patterns to lr multipliers (the first matching pattern wins; a null multiplier
       removes a pattern a base config set, e.g. one naming a layer this variant lacks);
-    - `layer_decay` scales each backbone layer's lr by decay ** (top layer - layer), timm-style.
+    - `layer_decay` scales each layer's lr by decay ** (top layer - layer), timm-style, per submodule with a
+      `group_matcher` (a vision backbone and a language model each over their own depth).
     """
     skip = _no_weight_decay_names(model)
     patterns = list(no_weight_decay or [])
-    layer_of, top_layer = _layer_ids(model) if layer_decay is not None else ({}, 0)
+    layer_of = _layer_ids(model) if layer_decay is not None else {}
     lr_mult = {pattern: mult for pattern, mult in (lr_mult or {}).items() if mult is not None}
     unused = set(lr_mult)
     groups: dict[tuple[float, float], dict[str, Any]] = {}
@@ -71,7 +82,8 @@ def build_param_groups(
                 unused.discard(pattern)
                 break
         if layer_decay is not None:
-            scale *= layer_decay ** (top_layer - layer_of.get(name, top_layer))
+            layer, top = layer_of.get(name, (0, 0))
+            scale *= layer_decay ** (top - layer)
         group = groups.setdefault(
             (decay, scale), {"params": [], "param_names": [], "weight_decay": decay, "lr": lr * scale, "lr_scale": scale}
         )

@@ -67,7 +67,8 @@ def _check_stage2(kwargs: dict[str, Any], path: str) -> None:
     unknown = [k for k in weights if k not in LOSSES]
     if unknown:
         raise ConfigError(f"{path}.loss_weights.{unknown[0]}: unknown loss, expected some of {', '.join(LOSSES)}")
-    if any(v < 0 for v in weights.values()) or (weights and not any(v > 0 for v in weights.values())):
+    effective = {name: weights.get(name, 1.0) for name in LOSSES}  # an unnamed loss keeps weight 1
+    if any(v < 0 for v in effective.values()) or not any(v > 0 for v in effective.values()):
         raise ConfigError(f"{path}.loss_weights: got {dict(weights)}, expected weights >= 0, at least one positive")
 
 

@@ -16,6 +16,7 @@ This works for decoders whose layers have LLaMA's parts (`input_layernorm`, `sel
 from __future__ import annotations
 
 import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -248,6 +249,12 @@ class QLLaMA(nn.Module):
             if bool(done.all()):
                 break
         return self.tokenizer.batch_decode(ids[:, 1:], skip_special_tokens=True)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm-style layer groups: embeddings and queries first, layer i with its cross-attention, norm and head last."""
+        return {"stem": r"^llm\.model\.embed_tokens|^query_tokens",
+                "blocks": [(r"^llm\.model\.layers\.(\d+)", None), (r"^cross_attn\.(\d+)", None),
+                           (r"^llm\.model\.norm|^llm\.lm_head", (99999,))]}
 
     def extra_repr(self) -> str:
         return f"num_queries={self.num_queries}, cross_attention_frequency={self.frequency}"
