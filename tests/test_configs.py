@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO
@@ -51,3 +52,19 @@ def test_coco_config_builds_the_paper_model(name: str):
     offsets = [n for n in scale_of if "sampling_offsets" in n]
     assert all(scale_of[n] == pytest.approx(0.1) for n in offsets)
     assert bool(offsets) == name.startswith("deformable_detr/")
+
+
+def test_internvl_paper_config_builds_the_14b_model_on_the_meta_device(word_tokenizer):
+    # InternVL-14B: InternViT-6B (~5.9B) + QLLaMA (LLaMA-7B + 96 queries + cross-attention every 2nd layer);
+    # stage 2 trains the query path, about 1B parameters [paper, from memory]. Vocabulary of the official tokenizer.
+    overrides = [f"objective.qllama.tokenizer={word_tokenizer}", "+objective.qllama.config.vocab_size=49954",
+                 "objective.freeze=[vision,text]", "objective.vision.img_size=224"]
+    cfg = load_config(REPO / "configs" / "internvl" / "internvl_g_flickr30k_finetune_paper.yaml", overrides, RunConfig)
+    with torch.device("meta"):
+        model = OBJECTIVES.build(OmegaConf.to_container(cfg.objective), "objective")
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for p in model.model.visual.parameters()) == 5_902_793_600
+    assert total == pytest.approx(13.8e9, rel=0.02)
+    assert trainable == pytest.approx(1.0e9, rel=0.05)
+    assert sorted(int(i) for i in model.model.qllama.cross_attn) == list(range(0, 32, 2))

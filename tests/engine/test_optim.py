@@ -251,3 +251,19 @@ def test_optimizer_node_is_validated(vit):
         OPTIMIZERS.build({"type": "adamw", "lr": "high"}, "optim", model=vit)
     with pytest.raises(RegistryError, match=r"^optim.momentun: unknown argument .*did you mean 'momentum'"):
         OPTIMIZERS.build({"type": "sgd", "lr": 0.1, "momentun": 0.9}, "optim", model=vit)
+
+
+def test_layer_decay_runs_over_each_group_matcher_separately():
+    class TwoTowers(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vision = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16, depth=4, num_classes=0)
+            self.text = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16, depth=2, num_classes=0)
+            self.head = nn.Linear(192, 2)
+
+    groups = by_name(build_param_groups(TwoTowers(), lr=1.0, weight_decay=0.0, layer_decay=0.5))
+    # each tower decays over its own depth: its last block at full lr, its stem decay ** depth
+    assert groups["vision.blocks.3.mlp.fc1.weight"]["lr_scale"] == groups["text.blocks.1.mlp.fc1.weight"]["lr_scale"] == 1.0
+    assert groups["vision.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.5**4)
+    assert groups["text.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.5**2)
+    assert groups["head.weight"]["lr_scale"] == 1.0  # outside every matcher

@@ -113,3 +113,29 @@ class AxisModelImages(AxisModel):
 def test_retrieval_needs_both_features():
     with pytest.raises(ConfigError, match="gives no image_features and text_features"):
         Retrieval().process({}, {"logits": torch.zeros(2, 2)})
+
+
+class TwoPathModel(AxisModel):
+    """encode_image gives the right colour axis, encode_image_wrong the next one: the evaluators must use the one named."""
+
+    def encode_image_wrong(self, images):
+        return self.encode_image(images).roll(1, dims=1)
+
+
+def test_image_method_picks_the_image_path():
+    images = torch.eye(3)
+    batch = {"image": images, "label": torch.tensor([0, 1, 2])}
+    model = TwoPathModel()
+    for method, expected in ((None, 1.0), ("encode_image_wrong", 0.0)):
+        zeroshot = ZeroShotAccuracy(classnames=list(AXES), templates=["a {}"], topk=[1], image_method=method)
+        zeroshot.begin(model, None)
+        zeroshot.process(batch, {"image_features": model.encode_image(images)})
+        assert zeroshot.end()["accuracy"] == expected
+        retrieval = Retrieval(ks=[1], image_method=method)
+        retrieval.begin(model, None)
+        retrieval.process(batch, {"image_features": model.encode_image(images), "text_features": model.encode_image(images)})
+        assert retrieval.end()["i2t_r1"] == expected
+    zeroshot = ZeroShotAccuracy(classnames=list(AXES), image_method="encode_image_c")
+    zeroshot.begin(model, None)
+    with pytest.raises(ConfigError, match="has no method 'encode_image_c'"):
+        zeroshot.process(batch, {})

@@ -13,11 +13,13 @@ The official stage-1 and stage-2 training code was never released; this follows 
   third under its own mask (`vfm.models.language.query_masks`): ITM on (image, caption) pairs, the first
   B - B//2 with an in-batch negative caption; ITC between the pooled query outputs and the text embedding; ITG,
   next-token prediction of the caption through the LM head. L = w_itc L_itc + w_itm L_itm + w_itg L_itg
-  (weights 1 : 1 : 1, the official sum).
+  (weights 1 : 1 : 1, the official sum). The official retrieval fine-tuning trains every tower (`freeze: []`) on
+  ITC + ITM only (`loss_weights: {itg: 0}`), its ITC adding the C-path feature's InfoNCE (`backbone_itc: true`).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any, Literal
 
 import torch
@@ -26,10 +28,11 @@ from torch import nn
 
 from vfm.errors import ConfigError
 from vfm.models.internvl import InternVL
+from vfm.models.language.qllama import QLLaMA
 from vfm.models.language.query_masks import itc_mask, itg_mask, itm_mask
 from vfm.models.language.text_tower import pool
 from vfm.objectives.contrastive_losses import check_gather_options, clip_loss
-from vfm.registry import BACKBONES, OBJECTIVES
+from vfm.registry import BACKBONES, OBJECTIVES, close_matches
 
 TOWERS = ("vision", "text")
 # Model parameters per tower (prefixes inside `InternVL`); everything else is the query path.
@@ -46,6 +49,14 @@ def _check_common(kwargs: dict[str, Any], path: str) -> None:
     qllama = kwargs.get("qllama")
     if not isinstance(qllama, dict):
         raise ConfigError(f"{path}.qllama: expected a mapping with the language model (config or path) and its tokenizer")
+    accepted = [p for p in inspect.signature(QLLaMA).parameters if p != "vision_width"]
+    unknown = [k for k in qllama if k not in accepted]
+    if unknown:
+        raise ConfigError(f"{path}.qllama.{unknown[0]}: unknown key{close_matches(unknown[0], accepted)}; "
+                          f"accepted: {', '.join(accepted)}")
+    if (qllama.get("path") is None) == (qllama.get("config") is None):
+        raise ConfigError(f"{path}.qllama: give exactly one of 'path' (a local model folder) and 'config' (a "
+                          "transformers config to build from scratch)")
     check_gather_options("infonce", kwargs.get("local_loss", False), kwargs.get("gather_with_grad", True))
 
 
@@ -213,12 +224,12 @@ class InternVLStage2(_InternVLObjective):
                  prompt: str = "summarize:", init_temperature: float = 0.07, freeze: list[str] = TOWERS,
                  loss_weights: dict[str, float] | None = None, itm_negatives: Literal["random", "hard"] = "random",
                  label_smoothing: float = 0.0, local_loss: bool = False, gather_with_grad: bool = True,
-                 max_logit_scale: float = 100.0, eval_path: Literal["g", "q", "c"] = "g", image_key: str = "image",
-                 text_key: str = "text") -> None:
+                 max_logit_scale: float = 100.0, eval_path: Literal["g", "q", "c"] = "g", backbone_itc: bool = False,
+                 image_key: str = "image", text_key: str = "text") -> None:
         super().__init__(vision, qllama, embed_dim, pool_heads, prompt, init_temperature, list(freeze), label_smoothing,
                          local_loss, gather_with_grad, max_logit_scale, image_key, text_key)
         self.loss_weights = {name: float((loss_weights or {}).get(name, 1.0)) for name in LOSSES}
-        self.itm_negatives, self.eval_path = itm_negatives, eval_path
+        self.itm_negatives, self.eval_path, self.backbone_itc = itm_negatives, eval_path, backbone_itc
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         model, qllama = self.model, self.model.qllama
@@ -259,6 +270,8 @@ class InternVLStage2(_InternVLObjective):
         image = F.normalize(model.clip_projector2(q_itc), dim=-1)
         text = F.normalize(model.text_projection(pool(t_itc, masks[1], "last")), dim=-1)
         itc = self._itc(image, text)
+        if self.backbone_itc:  # the official retrieval fine-tuning also aligns the C-path feature with the text
+            itc = itc + self._itc(F.normalize(model.clip_projector(tokens), dim=-1), text)
         # ITG: next-token prediction of the caption (and its EOS) from the queries and the caption's prefix.
         itg = qllama.lm_loss(t_itg, ids_itg, masks[2])
 
