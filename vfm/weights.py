@@ -131,10 +131,17 @@ def extract_weights(state: Mapping[str, Any], prefer_ema: bool = False) -> dict[
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+def align_single_values(weights: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reshape one-value tensors to the model's shape (a 0-d `logit_scale` saved before it became a 1-element
+    vector, for FSDP2); every other entry is returned as is."""
+    return {k: v.reshape(own[k].shape) if k in own and v.numel() == 1 == own[k].numel() and v.shape != own[k].shape
+            else v for k, v in weights.items()}
+
+
 def load_weights(model: nn.Module, path: str | Path, prefer_ema: bool = False) -> tuple[list[str], list[str]]:
     """Load weights only (for `load_from` and evaluation); logs and returns missing/unexpected keys."""
-    weights = extract_weights(load_state_dict_file(path), prefer_ema)
     own = model.state_dict()
+    weights = align_single_values(extract_weights(load_state_dict_file(path), prefer_ema), own)
     mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         key = mismatched[0]

@@ -424,3 +424,16 @@ def test_write_into_a_folder_that_cannot_exist_is_one_error(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(CheckpointError, match=r"a_file/checkpoints: cannot write step_00000001\.pt: "):
         CheckpointManager(tmp_path / "a_file").save(train_state(1), 1)
+
+
+def test_load_weights_takes_a_0d_value_for_a_one_element_parameter(tmp_path):
+    # Files written when a temperature was a 0-d parameter load into the 1-element one FSDP2 needs.
+    model = nn.Linear(2, 1)
+    model.scale = nn.Parameter(torch.zeros(1))
+    path = tmp_path / "old.safetensors"
+    save_file({"weight": torch.ones(1, 2), "bias": torch.tensor([0.5]), "scale": torch.tensor(2.5)}, str(path))
+    assert load_weights(model, path) == ([], [])
+    assert model.scale.shape == (1,) and model.scale.item() == 2.5
+    save_file({"weight": torch.ones(2, 1), "bias": torch.tensor([0.5]), "scale": torch.tensor(2.5)}, str(path))
+    with pytest.raises(CheckpointError, match="shape mismatch for weight"):  # a real mismatch still is one
+        load_weights(model, path)

@@ -192,7 +192,7 @@ def test_cli_converts_an_hf_folder_that_loads_key_for_key(tmp_path, tokenizer, c
         torch.testing.assert_close(model.encode_image_g(images), g, rtol=1e-5, atol=1e-6)
         # The query cross-attention of layer 2 and the ITM head, from the official tensors.
         queries = torch.randn(2, QUERIES, LLAMA["hidden_size"])
-        torch.testing.assert_close(model.qllama.cross_attn["2"](queries, tokens),
+        torch.testing.assert_close(model.qllama.layers[2].cross_attn(queries, tokens),
                                    official_cross_attention(queries, tokens, official, 2), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model.itm_head(queries), queries @ official["itm_head.weight"].T
                                    + official["itm_head.bias"])
@@ -217,7 +217,7 @@ def test_key_map_names():
     assert official_internvl_key_map("clip_projector2.cross_attn.k_bias") == "model.clip_projector2.k.bias"
     assert official_internvl_key_map("clip_projector.norm1_v.bias") == "model.clip_projector.norm_v.bias"
     assert official_internvl_key_map("qllama.model.layers.6.cross_attn.norm2.weight") == \
-        "model.qllama.cross_attn.6.norm2.weight"
+        "model.qllama.llm.model.layers.6.cross_attn.norm2.weight"
     assert official_internvl_key_map("qllama.model.layers.3.mlp.up_proj.weight") == \
         "model.qllama.llm.model.layers.3.mlp.up_proj.weight"
     assert official_internvl_key_map("vision_model.encoder.layers.1.ls2") == "model.visual.blocks.1.ls2.gamma"

@@ -46,12 +46,12 @@ def test_negatives_are_never_the_own_caption_nor_an_identical_text():
 def test_stage2_trains_only_the_query_path_and_frozen_tensors_stay_bit_identical(word_tokenizer):
     objective = build("internvl_stage2", word_tokenizer)
     trainable = objective.trainable_parameters()
-    assert trainable and all(n.startswith(("model.qllama.query_tokens", "model.qllama.cross_attn.",
-                                           "model.clip_projector2.", "model.itm_head.", "model.logit_scale"))
-                             for n in trainable)
+    assert trainable and all(n.startswith(("model.qllama.query_tokens", "model.clip_projector2.", "model.itm_head.",
+                                           "model.logit_scale")) or ".cross_attn." in n for n in trainable)
+    assert any(".cross_attn." in n for n in trainable)
     frozen = {k: v.clone() for k, v in objective.state_dict().items() if k in set(objective.frozen_state_keys())}
     assert frozen and all(k.startswith(("model.visual.", "model.clip_projector.", "model.qllama.llm.",
-                                        "model.text_projection.")) for k in frozen)
+                                        "model.text_projection.")) and ".cross_attn." not in k for k in frozen)
     params = [p for p in objective.parameters() if p.requires_grad]
     query_before = objective.model.qllama.query_tokens.detach().clone()
     optimizer = torch.optim.AdamW(params, lr=1e-2)
@@ -76,8 +76,8 @@ def test_stage1_weights_load_into_stage2_with_only_the_query_path_missing(word_t
     stage2 = build("internvl_stage2", word_tokenizer)
     result = stage2.load_state_dict(stage1.state_dict(), strict=False)
     assert not result.unexpected_keys
-    assert result.missing_keys and all(k.startswith(("model.qllama.query_tokens", "model.qllama.cross_attn.",
-                                                     "model.clip_projector2.", "model.itm_head."))
+    assert result.missing_keys and all(k.startswith(("model.qllama.query_tokens", "model.clip_projector2.",
+                                                     "model.itm_head.")) or ".cross_attn." in k
                                        for k in result.missing_keys)
     images = batch()["image"]
     with torch.no_grad():

@@ -16,7 +16,15 @@ from vfm.engine.seeding import seed_everything
 from vfm.engine.validation import DEFAULT_SET, eval_set_names
 from vfm.errors import CheckpointError, ConfigError
 from vfm.registry import DATASETS, EVALUATORS, OBJECTIVES, import_custom_modules
-from vfm.weights import FORMAT, describe_mismatch, extract_weights, fingerprint, load_state_dict_file, load_weights
+from vfm.weights import (
+    FORMAT,
+    align_single_values,
+    describe_mismatch,
+    extract_weights,
+    fingerprint,
+    load_state_dict_file,
+    load_weights,
+)
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -119,7 +127,7 @@ def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> n
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seed_everything(cfg.seed, cfg.get("deterministic", False))
     model = OBJECTIVES.build(cfg.objective, "objective")
-    weights = extract_weights(state, prefer_ema)
+    weights = align_single_values(extract_weights(state, prefer_ema), model.state_dict())
     frozen = set(getattr(model, "frozen_state_keys", lambda: ())())
     if frozen and cfg.get("load_from"):
         load_weights(model, cfg.load_from)

@@ -29,8 +29,9 @@ class TwoTower(nn.Module):
         self.text_proj = nn.Linear(self.text.width, embed_dim, bias=False)
         nn.init.normal_(self.visual_proj.weight, std=self.visual.num_features**-0.5)
         nn.init.normal_(self.text_proj.weight, std=self.text.width**-0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(init_bias))) if init_bias is not None else None
+        # One-element vectors, not 0-d scalars: FSDP2 cannot shard a 0-d parameter.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / init_temperature)))
+        self.logit_bias = nn.Parameter(torch.full((1,), float(init_bias))) if init_bias is not None else None
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image embeddings (N, embed_dim)."""

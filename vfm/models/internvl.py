@@ -8,7 +8,7 @@
 - `generate` captions images through the queries and the LM head (greedy).
 
 `qllama.num_queries: 0` (stage 1) leaves the query path out; a stage-2 model has the same keys plus
-`qllama.query_tokens`, `qllama.cross_attn.*`, `clip_projector2.*` and `itm_head.*`.
+`qllama.query_tokens`, `qllama.llm.model.layers.N.cross_attn.*`, `clip_projector2.*` and `itm_head.*`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class InternVL(nn.Module):
         self.clip_projector = AttentionPool(vision_width, pool_heads, embed_dim, query="mean")
         self.text_projection = nn.Linear(width, embed_dim, bias=False)
         nn.init.normal_(self.text_projection.weight, std=width**-0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        # A one-element vector, not a 0-d scalar: FSDP2 cannot shard a 0-d parameter (the official one is 0-d).
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / init_temperature)))
         if self.qllama.num_queries:
             self.clip_projector2 = AttentionPool(width, pool_heads, embed_dim, query="mean")
             self.itm_head = nn.Linear(width, 2)

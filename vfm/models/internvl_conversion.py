@@ -9,12 +9,12 @@ by the `internvl_stage2` objective as `model`):
 | `query_tokens` (1, Q, H) | `model.qllama.query_tokens` |
 | `qllama.model.{embed_tokens,norm}.weight`, `qllama.lm_head.weight` | `model.qllama.llm.` + the same name |
 | `qllama.model.layers.N.{self_attn,mlp,input_layernorm,post_attention_layernorm}.*` | `model.qllama.llm.model.layers.N.*` |
-| `qllama.model.layers.N.cross_attn.{norm1,norm2,q_proj,k_proj,v_proj,o_proj}.weight` | `model.qllama.cross_attn.N.*` |
+| `qllama.model.layers.N.cross_attn.{norm1,norm2,q_proj,k_proj,v_proj,o_proj}.weight` | `model.qllama.llm.model.layers.N.cross_attn.*` |
 | `text_projection` (H, E), used as `x @ P` | `model.text_projection.weight` (E, H) = its transpose |
 | `clip_projector{,2}.norm1_{q,k,v}.*` | `model.clip_projector{,2}.norm_{q,k,v}.*` |
 | `clip_projector{,2}.cross_attn.{q,k,v}.weight`, `.cross_attn.{q,k,v}_bias` | `.{q,k,v}.weight`, `.{q,k,v}.bias` |
 | `clip_projector{,2}.cross_attn.proj.*` | `model.clip_projector{,2}.proj.*` |
-| `logit_scale`, `itm_head.*` | `model.logit_scale`, `model.itm_head.*` |
+| `logit_scale` (0-d), `itm_head.*` | `model.logit_scale` (one element), `model.itm_head.*` |
 
 The official rotary-embedding buffers (`...rotary_emb.inv_freq`) are recomputed here and dropped. Every other key
 must map, and every key the official model has must be present: the first offender is named in a CheckpointError.
@@ -72,7 +72,7 @@ def official_internvl_key_map(key: str) -> str | None:
         if part in _LM_LAYER_PARTS:
             return f"{PREFIX}qllama.llm.model.layers.{index}.{part}"
         if part.startswith("cross_attn.") and part.removeprefix("cross_attn.") in _CROSS_PARTS:
-            return f"{PREFIX}qllama.cross_attn.{index}.{part.removeprefix('cross_attn.')}"
+            return f"{PREFIX}qllama.llm.model.layers.{index}.{part}"
     return None
 
 
@@ -97,9 +97,8 @@ def vfm_to_official_key(key: str) -> str | None:
     layer = re.match(r"^model\.qllama\.llm\.model\.layers\.(\d+)\.(.+)$", key)
     if layer and layer.group(2) in _LM_LAYER_PARTS:
         return f"qllama.model.layers.{layer.group(1)}.{layer.group(2)}"
-    cross = re.match(r"^model\.qllama\.cross_attn\.(\d+)\.(.+)$", key)
-    if cross and cross.group(2) in _CROSS_PARTS:
-        return f"qllama.model.layers.{cross.group(1)}.cross_attn.{cross.group(2)}"
+    if layer and layer.group(2).startswith("cross_attn.") and layer.group(2).removeprefix("cross_attn.") in _CROSS_PARTS:
+        return f"qllama.model.layers.{layer.group(1)}.{layer.group(2)}"
     return None
 
 
@@ -158,6 +157,8 @@ def convert_official_internvl(state_dict: Mapping[str, torch.Tensor],
                 raise CheckpointError(f"official InternVL weights: {key!r} has shape {tuple(value.shape)}, expected a "
                                       "(text width, embed dim) matrix")
             value = value.t().contiguous()
+        if key == "logit_scale":  # official 0-d, ours one element (FSDP2 cannot shard a 0-d parameter)
+            value = value.reshape(1)
         converted[ours] = value
     missing = [k for k in _expected_official_keys(list(state_dict), config_json) if k not in state_dict]
     if missing:
@@ -173,7 +174,7 @@ def convert_to_official_internvl(state_dict: Mapping[str, torch.Tensor]) -> dict
         name = vfm_to_official_key(key)
         if name is None:
             raise CheckpointError(f"vfm InternVL weights: {key!r} has no official counterpart")
-        official[name] = value.t().contiguous() if name in _TRANSPOSED else value
+        official[name] = value.t().contiguous() if name in _TRANSPOSED else value.reshape(()) if name == "logit_scale" else value
     return official
 
 

@@ -99,9 +99,9 @@ class Contrastive(nn.Module):
         return clip_loss(image, text, scale, self.label_smoothing, self.local_loss, self.gather_with_grad)
 
     def _logs(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        logs = {"loss": loss, "logit_scale": self.model.logit_scale.detach().exp()}
+        logs = {"loss": loss, "logit_scale": self.model.logit_scale.detach().exp().squeeze()}
         if self.model.logit_bias is not None:
-            logs["logit_bias"] = self.model.logit_bias.detach()
+            logs["logit_bias"] = self.model.logit_bias.detach().squeeze()
         return logs
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -104,6 +104,8 @@ class _InternVLObjective(nn.Module):
 
     @staticmethod
     def _tower_of(name: str) -> str | None:
+        if ".cross_attn." in name:  # inside the LM's layers, but the query path's
+            return None
         for tower, prefixes in TOWER_PREFIXES.items():
             if name.startswith(prefixes):
                 return tower
@@ -177,7 +179,7 @@ class InternVLStage1(_InternVLObjective):
         image = F.normalize(self.model.clip_projector(self._vision_tokens(batch[self.image_key])), dim=-1)
         text = self.model.encode_text(texts)
         itc = self._itc(image, text)
-        logs = {"loss_itc": itc.detach(), "logit_scale": self.model.logit_scale.detach().exp()}
+        logs = {"loss_itc": itc.detach(), "logit_scale": self.model.logit_scale.detach().exp().squeeze()}
         loss = itc
         if self.lm_weight > 0:
             qllama = self.model.qllama
@@ -283,7 +285,7 @@ class InternVLStage2(_InternVLObjective):
             logs = {"loss_itc": itc.detach(), "loss_itm": itm.detach(), "loss_itg": itg.detach(),
                     "itm_accuracy": (predicted == itm_labels)[itm_labels >= 0].float().mean(),
                     "vision_sim": F.cosine_similarity(backbone, image.detach()).mean(),
-                    "logit_scale": model.logit_scale.detach().exp()}
+                    "logit_scale": model.logit_scale.detach().exp().squeeze()}
         return {"loss": loss, **logs}
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -17,22 +17,28 @@ def build(tokenizer, **kwargs) -> QLLaMA:
 
 
 def test_text_path_equals_the_transformers_model(word_tokenizer):
+    from transformers import AutoModelForCausalLM
+
     model = build(word_tokenizer)
+    reference = AutoModelForCausalLM.from_config(model.llm.config)  # the untouched transformers model, same weights
+    reference.load_state_dict(model.llm.state_dict())
     ids, mask = model.tokenize(["a red circle on the left", "two boxes"])
     ours = model.text_hidden(ids, mask)
-    theirs = model.llm.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    theirs = reference.model(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
     assert torch.allclose(ours[real], theirs[real], atol=1e-5)
 
 
 def test_cross_attention_every_kth_layer_with_sizes_from_config(word_tokenizer):
     model = build(word_tokenizer, num_queries=3, vision_width=24, cross_attention_frequency=2)
-    assert sorted(int(i) for i in model.cross_attn) == [0, 2, 4]
+    assert model.cross_attention_layers == [0, 2, 4]
+    assert [layer.cross_attn is not None for layer in model.layers] == [True, False, True, False, True]
     assert model.query_tokens.shape == (1, 3, 32)
-    assert model.cross_attn["0"].k_proj.weight.shape == (32, 24)
-    assert sorted(int(i) for i in build(word_tokenizer, num_queries=1, vision_width=8,
-                                        cross_attention_frequency=3).cross_attn) == [0, 3]
-    assert not hasattr(build(word_tokenizer), "cross_attn")  # stage 1: no query path at all
+    assert model.layers[0].cross_attn.k_proj.weight.shape == (32, 24)
+    assert build(word_tokenizer, num_queries=1, vision_width=8, cross_attention_frequency=3).cross_attention_layers == [0, 3]
+    stage1 = build(word_tokenizer)  # no query path at all, and the LM's own keys
+    assert not any("cross_attn" in k or "query" in k for k in stage1.state_dict())
+    assert set(stage1.llm.state_dict()) == set(type(stage1.llm)(stage1.llm.config).state_dict())
 
 
 def test_only_queries_see_the_image_and_text_ignores_queries_under_itc(word_tokenizer):
@@ -87,7 +93,7 @@ def test_group_matcher_orders_layers_and_config_errors(word_tokenizer):
     groups = group_parameters(model, model.group_matcher())
     layer_of = {n: layer for layer, names in groups.items() for n in names}
     assert layer_of["query_tokens"] == layer_of["llm.model.embed_tokens.weight"] == 0
-    assert layer_of["cross_attn.2.q_proj.weight"] == layer_of["llm.model.layers.2.mlp.up_proj.weight"]
+    assert layer_of["llm.model.layers.2.cross_attn.q_proj.weight"] == layer_of["llm.model.layers.2.mlp.up_proj.weight"]
     # the final norm and the head join the last layer (timm's MATCH_PREV_GROUP), above every earlier layer
     assert layer_of["llm.model.layers.3.mlp.up_proj.weight"] < layer_of["llm.lm_head.weight"] == layer_of["llm.model.layers.4.mlp.up_proj.weight"]
     with pytest.raises(ConfigError, match="exactly one of 'path'"):

@@ -7,15 +7,16 @@ itself (embeddings, layers, final norm, LM head) is an unchanged `transformers` 
 loaded from a local folder, so a stage-1 text tower's weights load into it key for key. Every size (queries,
 vision width, frequency) comes from the constructor; none is fixed inside a layer, unlike the official code.
 
-The layers are driven here, not through the model's `forward`, because the three stage-2 tasks need their own
-full (B, 1, L, L) masks (`vfm.models.language.query_masks`) and the cross-attention sits inside each layer.
-This works for decoders whose layers have LLaMA's parts (`input_layernorm`, `self_attn`,
-`post_attention_layernorm`, `mlp`) and a rotary embedding on the model: LLaMA, Mistral, Qwen2.
+Each decoder layer is replaced by a `QueryDecoderLayer` that takes over its modules under the same names (so the
+state-dict keys are the LM's own) and adds `cross_attn` in the cross-attention layers, where the official model
+has it (`...layers.N.cross_attn.*`). Every layer is then one module whose `forward` does all of its work, which
+FSDP shards and gathers as a unit. The layers are driven by `decode`, not the LM's `forward`, because the three
+stage-2 tasks need their own full (B, 1, L, L) masks (`vfm.models.language.query_masks`). This works for
+decoders whose layers have LLaMA's parts (`input_layernorm`, `self_attn`, `post_attention_layernorm`, `mlp`) and a
+rotary embedding on the model: LLaMA, Mistral, Qwen2.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,27 @@ class QueryCrossAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, width))
 
 
+class QueryDecoderLayer(nn.Module):
+    """One LLaMA decoder layer (its own modules, taken over) with the queries' cross-attention after self-attention."""
+
+    def __init__(self, layer: nn.Module, cross_attn: QueryCrossAttention | None = None) -> None:
+        super().__init__()
+        for part in LAYER_PARTS:
+            setattr(self, part, getattr(layer, part))
+        self.cross_attn = cross_attn
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                vision: torch.Tensor | None, num_queries: int) -> torch.Tensor:
+        """Self-attention under `mask`, then (queries only) cross-attention to `vision`, then the MLP."""
+        attended, _ = self.self_attn(hidden_states=self.input_layernorm(hidden), attention_mask=mask,
+                                     position_embeddings=(cos, sin))
+        hidden = hidden + attended
+        if self.cross_attn is not None and vision is not None and num_queries:
+            queries = hidden[:, :num_queries]
+            hidden = torch.cat([queries + self.cross_attn(queries, vision), hidden[:, num_queries:]], dim=1)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
 def _build_lm(path: str | None, config: dict | None, vocab_size: int) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -124,15 +146,19 @@ class QLLaMA(nn.Module):
         self.width = int(lm_config.hidden_size)
         self.num_queries, self.frequency = num_queries, cross_attention_frequency
         self.max_length, self.gradient_checkpointing = max_length, gradient_checkpointing
+        cross_layers: set[int] = set()
         if num_queries:
             if vision_width is None:
                 raise ConfigError("qllama: num_queries > 0 needs vision_width (the vision tokens' width)")
             self.query_tokens = nn.Parameter(torch.empty(1, num_queries, self.width))
             nn.init.normal_(self.query_tokens, std=getattr(lm_config, "initializer_range", 0.02))
-            eps = float(getattr(lm_config, "rms_norm_eps", 1e-6))
-            heads = int(lm_config.num_attention_heads)
-            self.cross_attn = nn.ModuleDict({str(i): QueryCrossAttention(self.width, heads, vision_width, eps)
-                                             for i in range(len(layers)) if i % cross_attention_frequency == 0})
+            cross_layers = {i for i in range(len(layers)) if i % cross_attention_frequency == 0}
+        eps = float(getattr(lm_config, "rms_norm_eps", 1e-6))
+        heads = int(lm_config.num_attention_heads)
+        self.llm.model.layers = nn.ModuleList(
+            QueryDecoderLayer(layer, QueryCrossAttention(self.width, heads, vision_width, eps) if i in cross_layers else None)
+            for i, layer in enumerate(layers))
+        self.cross_attention_layers = sorted(cross_layers)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -163,19 +189,6 @@ class QLLaMA(nn.Module):
         return self.llm.get_input_embeddings()(ids)
 
     # -------------------------------------------------------------------------------- decoder
-    def _layer(self, index: int, hidden: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               vision: torch.Tensor | None, num_queries: int) -> torch.Tensor:
-        layer = self.layers[index]
-        attended, _ = layer.self_attn(hidden_states=layer.input_layernorm(hidden), attention_mask=mask,
-                                      position_embeddings=(cos, sin))
-        hidden = hidden + attended
-        cross = self.cross_attn[str(index)] if vision is not None and num_queries and str(index) in getattr(
-            self, "cross_attn", {}) else None
-        if cross is not None:  # only the query positions look at the image
-            queries = hidden[:, :num_queries]
-            hidden = torch.cat([queries + cross(queries, vision), hidden[:, num_queries:]], dim=1)
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-
     def decode(self, embeds: torch.Tensor, allowed: torch.Tensor, vision: torch.Tensor | None = None,
                num_queries: int = 0) -> torch.Tensor:
         """Final-norm hidden states (B, L, width) of `embeds` under the boolean mask `allowed` (B, L, L).
@@ -187,12 +200,11 @@ class QLLaMA(nn.Module):
         positions = torch.arange(embeds.shape[1], device=embeds.device).unsqueeze(0)
         cos, sin = self.llm.model.rotary_emb(embeds, positions)
         hidden = embeds
-        for index in range(len(self.layers)):
-            step = functools.partial(self._layer, index, num_queries=num_queries)
+        for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(step, hidden, mask, cos, sin, vision, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, mask, cos, sin, vision, num_queries, use_reentrant=False)
             else:
-                hidden = step(hidden, mask, cos, sin, vision)
+                hidden = layer(hidden, mask, cos, sin, vision, num_queries)
         return self.llm.model.norm(hidden)
 
     def text_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -253,8 +265,7 @@ class QLLaMA(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm-style layer groups: embeddings and queries first, layer i with its cross-attention, norm and head last."""
         return {"stem": r"^llm\.model\.embed_tokens|^query_tokens",
-                "blocks": [(r"^llm\.model\.layers\.(\d+)", None), (r"^cross_attn\.(\d+)", None),
-                           (r"^llm\.model\.norm|^llm\.lm_head", (99999,))]}
+                "blocks": [(r"^llm\.model\.layers\.(\d+)", None), (r"^llm\.model\.norm|^llm\.lm_head", (99999,))]}
 
     def extra_repr(self) -> str:
         return f"num_queries={self.num_queries}, cross_attention_frequency={self.frequency}"
