@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(wildcard setup.py)
 quickstart: setup
 	$(BIN)/python tools/train.py configs/quickstart.yaml
 
+# One pytest-xdist worker per core, at most 2 (CI has 2 cores); `make test TEST_WORKERS=0` runs in one process.
+# --dist loadgroup keeps the multi-process tests on one worker, one at a time (see tests/conftest.py).
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(2, len(os.sched_getaffinity(0))))' 2>/dev/null || echo 2)
+
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check vfm tools benchmarks tests

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_tool
+from conftest import REPO, TINY, run_tool
 from vfm.engine.checkpoint import CheckpointManager, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -19,10 +21,16 @@ def _weights_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bo
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_quickstart_few_steps_writes_everything(tmp_path, tiny_config):
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One uninterrupted run of the tiny config, the reference of the interrupted runs below; read it, never write."""
+    work = tmp_path_factory.mktemp("straight") / "run"
+    return work, run_tool("train", TINY, f"work_dir={work}", check=True)
+
+
+def test_quickstart_few_steps_writes_everything(tmp_path, straight_run):
     """A short run writes the resolved config, metrics, checkpoints, best.pt and safetensors weights."""
-    work = tmp_path / "run"
-    result = run_tool("train", tiny_config, f"work_dir={work}", check=True)
+    work, result = straight_run
     assert "step 8/8" in result.stdout
     for name in ("config.yaml", "metrics.jsonl", "last_checkpoint", "model.safetensors", "train.log", "checkpoints/best.pt"):
         assert (work / name).is_file(), name
@@ -44,10 +52,9 @@ def test_quickstart_few_steps_writes_everything(tmp_path, tiny_config):
     assert metrics["accuracy"] == pytest.approx(best["best"]["value"], abs=1e-9)
 
 
-def test_resume_after_kill_is_bit_identical(tmp_path, tiny_config):
+def test_resume_after_kill_is_bit_identical(tmp_path, tiny_config, straight_run):
     """2N straight steps == N steps, `kill -9`, resume=auto for the rest (weights, EMA, bit for bit)."""
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_tool("train", tiny_config, f"work_dir={straight}", check=True)
+    (straight, _), killed = straight_run, tmp_path / "killed"
 
     # Killed right after step 5: the newest checkpoint is step 4, so steps 5.. are redone.
     died = run_tool("train", tiny_config, f"work_dir={killed}", "hooks=[{type: test_kill_at_step, step: 5}]")
@@ -135,11 +142,10 @@ def test_load_from_reports_and_loads_weights(tmp_path, tiny_config):
 
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1", "SIGINT"])
-def test_preemption_signal_checkpoints_and_resume_is_exact(tmp_path, tiny_config, signal_name):
+def test_preemption_signal_checkpoints_and_resume_is_exact(tmp_path, tiny_config, signal_name, straight_run):
     """SIGTERM/SIGUSR1/Ctrl-C mid-run: the step finishes, a checkpoint is written, exit 0; resume=auto ends
     bit-identical."""
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    run_tool("train", tiny_config, f"work_dir={straight}", check=True)
+    (straight, _), stopped = straight_run, tmp_path / "stopped"
     result = run_tool("train", tiny_config, f"work_dir={stopped}", f"hooks=[{{type: test_signal_at_step, step: 3, signal_name: {signal_name}}}]")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"stopped by {signal_name} after step 3" in result.stdout

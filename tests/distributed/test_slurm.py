@@ -5,6 +5,7 @@ Skipped when Slurm is not installed, unless VFM_REQUIRE_SLURM=1 (CI), which turn
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -33,8 +34,12 @@ def cluster(tmp_path_factory) -> SlurmCluster:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "plugins"), str(REPO)]),
            "GPUS": "2", "GPUS_PER_NODE": "2", "CPUS_PER_TASK": "1", "GRES": "", "PYTHON": sys.executable}
-    with slurm_cluster(tmp_path_factory.mktemp("slurm"), base_env=env) as running:
-        yield running
+    # One test cluster at a time on this machine, also when pytest-xdist splits this module over workers (`make test`
+    # keeps it on one worker): the lock file lies in the folder that all workers' temporary folders share.
+    with open(tmp_path_factory.getbasetemp().parent / "vfm-slurm-cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with slurm_cluster(tmp_path_factory.mktemp("slurm"), base_env=env) as running:
+            yield running
 
 
 def train_command(work_dir: Path, *overrides: str) -> list[str]:
