@@ -72,3 +72,12 @@ def run_tool(tool: str, *args: str, cwd: Path | None = None, check: bool = False
 def tiny_config() -> Path:
     """The seconds-long end-to-end config."""
     return TINY
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer(tmp_path_factory) -> str:
+    """A word-level tokenizer folder of the captioned-shapes grammar (what make_shapes_captions writes)."""
+    from vfm.data.shapes_captions import grammar_texts
+    from vfm.data.word_tokenizer import train_word_tokenizer
+
+    return str(train_word_tokenizer(grammar_texts(), tmp_path_factory.mktemp("tokenizer")))

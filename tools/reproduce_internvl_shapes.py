@@ -83,7 +83,7 @@ def main() -> int:
                             f"train.max_steps={args.stage1_steps}", "eval.interval=100", *common], check=True)
         if not (stage2 / "model.safetensors").exists():
             subprocess.run([sys.executable, REPO / "tools" / "train.py", STAGES["stage2"], f"work_dir={stage2}",
-                            f"train.max_steps={args.stage2_steps}", "eval.interval=50",
+                            f"train.max_steps={args.stage2_steps}", f"eval.interval={max(50, args.stage2_steps // 4)}",
                             f"load_from={stage1 / 'model.safetensors'}", *common], check=True)
     import matplotlib
 
