@@ -36,7 +36,8 @@ def test_stage1_then_stage2_then_eval(tmp_path):
     # from the seed and load_from.
     best = tmp_path / "s2" / "checkpoints" / "step_00000003.pt"
     saved = torch.load(best, map_location="cpu", weights_only=True)["model"]
-    assert "model.qllama.query_tokens" in saved and not any(k.startswith(("model.visual.", "model.qllama.llm.")) for k in saved)
+    assert "model.qllama.query_tokens" in saved and any(".cross_attn." in k for k in saved)
+    assert not any(k.startswith(("model.visual.", "model.qllama.llm.")) and ".cross_attn." not in k for k in saved)
     out = tmp_path / "metrics.json"
     run_tool("eval", tmp_path / "s2" / "config.yaml", best, "--set", "retrieval", "--set", "retrieval_c",
              "--set", "captions", "--out", out, check=True)
