@@ -4,7 +4,7 @@ stage 2 (towers frozen and loaded from stage 1; queries + cross-attention traine
 with tools/train.py, prints sample captions of held-out images, and writes a PNG of the curves and a JSON summary
 with the paper's numbers beside ours:
 
-    python tools/reproduce_internvl_shapes.py --out runs/internvl_repro          # 300 + 200 steps at batch 64
+    python tools/reproduce_internvl_shapes.py --out runs/internvl_repro          # 300 + 1000 steps at batch 64
     python tools/reproduce_internvl_shapes.py --out runs/internvl_repro --summarize-only
 
 The captioned set is generated under --data when missing (20000 train / 1000 val images, seed 0).
@@ -68,7 +68,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=REPO / "data" / "shapes_captions")
     parser.add_argument("--stage1-steps", type=int, default=300)
-    parser.add_argument("--stage2-steps", type=int, default=200)
+    parser.add_argument("--stage2-steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args()
