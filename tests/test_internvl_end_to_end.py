@@ -46,6 +46,14 @@ def test_stage1_then_stage2_then_eval(tmp_path):
     assert metrics["retrieval_c/mean_recall"] == pytest.approx(final["val/retrieval_c"]["mean_recall"])
     assert metrics["retrieval/i2t_r1"] == pytest.approx(final["val/retrieval"]["i2t_r1"])
     assert metrics["captions/word_match"] == pytest.approx(final["val/captions"]["word_match"])
+    # Without load_from the towers cannot be rebuilt: a step checkpoint is refused in one line (its fingerprint
+    # differs), while best.pt, which holds every weight, needs no load_from.
+    refused = run_tool("eval", tmp_path / "s2" / "config.yaml", best, "--set", "retrieval_c", "load_from=null")
+    assert refused.returncode == 2 and "frozen weights this config builds" in refused.stderr.strip().splitlines()[-1]
+    whole = tmp_path / "whole.json"
+    run_tool("eval", tmp_path / "s2" / "config.yaml", tmp_path / "s2" / "checkpoints" / "best.pt", "--set", "retrieval_c",
+             "load_from=null", "--out", whole, check=True)
+    assert json.loads(whole.read_text())["retrieval_c/mean_recall"] == pytest.approx(final["val/retrieval_c"]["mean_recall"])
 
     typo = run_tool("train", STAGE2, f"work_dir={tmp_path / 'w'}", f"data.root={data}", "objective.qllama.num_querys=4")
     assert typo.returncode == 2 and "unknown key 'objective.qllama.num_querys' (did you mean 'objective.qllama.num_queries'" in typo.stderr

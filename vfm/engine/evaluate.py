@@ -129,9 +129,10 @@ def load_objective(cfg: DictConfig, checkpoint: str, weights: str = "auto") -> n
     model = OBJECTIVES.build(cfg.objective, "objective")
     weights = align_single_values(extract_weights(state, prefer_ema), model.state_dict())
     frozen = set(getattr(model, "frozen_state_keys", lambda: ())())
-    if frozen and cfg.get("load_from"):
+    rebuilt = frozen - set(weights)  # a step checkpoint leaves them out; best.pt and exports hold them
+    if rebuilt and cfg.get("load_from"):
         load_weights(model, cfg.load_from)
-    saved = state.get("frozen") if is_run else None
+    saved = state.get("frozen") if is_run and rebuilt else None
     own = model.state_dict()
     if saved and (not set(saved["keys"]) <= set(own) or fingerprint(own, saved["keys"]) != saved["fingerprint"]):
         raise CheckpointError(f"{checkpoint}: the frozen weights this config builds (frozen_state_keys, left out of the "
