@@ -13,6 +13,7 @@ The captioned set is generated under --data when missing (20000 train / 1000 val
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -28,14 +29,16 @@ PAPER = {"flickr30k_i2t_r1": {"C": 94.7, "G": 95.7}, "flickr30k_t2i_r1": {"C": 8
          "retrieval_mean_recall": {"C": 86.6, "G": 88.8}}
 
 
+@functools.cache
+def _all_series(metrics: Path) -> dict[str, tuple[list[int], list[float]]]:
+    from vfm.engine.plot import collect_series, read_metrics
+
+    return collect_series(read_metrics(metrics))  # a file read once, however many metrics are asked of it
+
+
 def series(metrics: Path, split: str, key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of one metric of a run; a step logged twice (resume) keeps its last value."""
-    values = {}
-    for line in metrics.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("split") == split and key in record:
-            values[record["step"]] = record[key]
-    return sorted(values), [values[s] for s in sorted(values)]
+    """(steps, values) of one metric of a run (a step logged twice, after a resume, keeps its last value)."""
+    return _all_series(metrics).get(f"{split}/{key}", ([], []))
 
 
 def last(metrics: Path, split: str, key: str) -> float | None:

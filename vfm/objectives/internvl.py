@@ -20,6 +20,7 @@ The official stage-1 and stage-2 training code was never released; this follows 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Annotated, Any, Literal
 
 import torch
@@ -121,7 +122,7 @@ class _InternVLObjective(nn.Module):
 
     def on_optimizer_step(self, step: int, max_steps: int) -> None:
         with torch.no_grad():  # CLIP's clamp: the inverse temperature stays at most 100
-            self.model.logit_scale.clamp_(0.0, float(torch.log(torch.tensor(self.max_logit_scale))))
+            self.model.logit_scale.clamp_(0.0, math.log(self.max_logit_scale))
 
     def _vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
         # A frozen vision tower needs no activations kept for a backward pass.
@@ -208,7 +209,9 @@ def pick_negatives(texts: list[str], count: int, similarity: torch.Tensor | None
     (BLIP-2's hard negatives). A row with no caption different from its own gets -1 (no negative exists).
     """
     batch = len(texts)
-    same = torch.tensor([[a == b for b in texts] for a in texts], dtype=torch.bool)
+    text_id = {text: i for i, text in enumerate(dict.fromkeys(texts))}  # equal captions share an id
+    ids = torch.tensor([text_id[text] for text in texts])
+    same = ids[:, None] == ids[None, :]
     weights = torch.ones(batch, batch) if similarity is None else similarity.detach().float().cpu().softmax(dim=1)
     weights = weights.masked_fill(same, 0.0)[:count]  # the diagonal is always "same"
     picks = torch.full((count,), -1, dtype=torch.long)
@@ -272,8 +275,9 @@ class InternVLStage2(_InternVLObjective):
         image = F.normalize(model.clip_projector2(q_itc), dim=-1)
         text = F.normalize(model.text_projection(pool(t_itc, masks[1], "last")), dim=-1)
         itc = self._itc(image, text)
+        backbone = F.normalize(model.clip_projector(tokens), dim=-1)  # the C-path feature
         if self.backbone_itc:  # the official retrieval fine-tuning also aligns the C-path feature with the text
-            itc = itc + self._itc(F.normalize(model.clip_projector(tokens), dim=-1), text)
+            itc = itc + self._itc(backbone, text)
         # ITG: next-token prediction of the caption (and its EOS) from the queries and the caption's prefix.
         itg = qllama.lm_loss(t_itg, ids_itg, masks[2])
 
@@ -281,10 +285,9 @@ class InternVLStage2(_InternVLObjective):
         loss = w["itc"] * itc + w["itm"] * itm + w["itg"] * itg
         with torch.no_grad():
             predicted = itm_logits.argmax(-1)
-            backbone = F.normalize(model.clip_projector(tokens), dim=-1)
             logs = {"loss_itc": itc.detach(), "loss_itm": itm.detach(), "loss_itg": itg.detach(),
                     "itm_accuracy": (predicted == itm_labels)[itm_labels >= 0].float().mean(),
-                    "vision_sim": F.cosine_similarity(backbone, image.detach()).mean(),
+                    "vision_sim": F.cosine_similarity(backbone.detach(), image.detach()).mean(),
                     "logit_scale": model.logit_scale.detach().exp().squeeze()}
         return {"loss": loss, **logs}
 

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vfm.errors import CheckpointError, ConfigError
+from vfm.models.layers.rms_norm import RMSNorm
 from vfm.registry import BACKBONES, _check_value, close_matches
 from vfm.weights import describe_mismatch, load_state_dict_file
 
@@ -57,19 +58,6 @@ def _flash_attn_func() -> Callable[..., torch.Tensor]:
         raise ConfigError(
             "attn_impl: 'flash' needs the flash_attn package, which is not installed; use 'sdpa' or 'math'"
         ) from error
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 and cast back before the weight, as the official InternRMSNorm."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return self.weight * (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
 
 class LayerScale(nn.Module):

@@ -27,24 +27,9 @@ from vfm.errors import ConfigError
 from vfm.models.language.local_models import load_tokenizer, resolve_model_dir
 from vfm.models.language.query_masks import additive, itg_mask, itm_mask, text_causal_mask
 from vfm.models.language.text_tower import pool
+from vfm.models.layers.rms_norm import RMSNorm
 
 LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned scale (LLaMA's)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised x, computed in float32."""
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
 
 
 class QueryCrossAttention(nn.Module):
